@@ -1,0 +1,115 @@
+/**
+ * Every error berth throws or rejects with. The `code` is the API: it is stable, documented in
+ * docs/errors.md, and never reused once retired. Messages may change.
+ *
+ * Each subclass declares its code once, as a static, so that the code can be read without an
+ * instance (the docs test walks the exports) and every instance carries it.
+ */
+
+export interface BerthErrorOptions {
+  cause?: unknown;
+}
+
+/** Base class of every berth error. Test `err instanceof BerthError` or `err.code`. */
+export class BerthError extends Error {
+  static readonly code: string = 'ERR_BERTH';
+  readonly code: string;
+
+  constructor(message: string, options?: BerthErrorOptions) {
+    super(message, options);
+    this.code = (new.target as typeof BerthError).code;
+    this.name = new.target.name;
+  }
+}
+
+// --- options and lifecycle ------------------------------------------------------------------
+
+/** An option had the wrong type or value. Thrown at construction, before anything starts. */
+export class InvalidOptionError extends BerthError {
+  static override readonly code = 'ERR_BERTH_INVALID_OPTION';
+  /** The option's name, as the user wrote it (`shutdownTimeout`, `--port`). */
+  readonly option: string;
+
+  constructor(option: string, message: string, options?: BerthErrorOptions) {
+    super(message, options);
+    this.option = option;
+  }
+}
+
+/** The address (host:port or socket path) is already taken by another listener. */
+export class AddressInUseError extends BerthError {
+  static override readonly code = 'ERR_BERTH_ADDRESS_IN_USE';
+  readonly address: string;
+
+  constructor(address: string, options?: BerthErrorOptions) {
+    super(`address already in use: ${address}`, options);
+    this.address = address;
+  }
+}
+
+/** Listening failed for a reason other than the address being taken (EACCES, a bad fd, ...). */
+export class ListenError extends BerthError {
+  static override readonly code = 'ERR_BERTH_LISTEN_FAILED';
+  readonly address: string;
+
+  constructor(address: string, reason: string, options?: BerthErrorOptions) {
+    super(`cannot listen on ${address}: ${reason}`, options);
+    this.address = address;
+  }
+}
+
+/** Work was offered to a service (or client) that is closing or closed. */
+export class ServiceClosedError extends BerthError {
+  static override readonly code = 'ERR_BERTH_SERVICE_CLOSED';
+}
+
+/**
+ * The reason a connection's `AbortSignal` carries when its service begins a graceful close:
+ * finish what you are doing and return.
+ */
+export class ServiceClosingError extends BerthError {
+  static override readonly code = 'ERR_BERTH_SERVICE_CLOSING';
+}
+
+/** The service was destroyed (`destroy()` without an error of its own) while work was live. */
+export class ServiceDestroyedError extends BerthError {
+  static override readonly code = 'ERR_BERTH_SERVICE_DESTROYED';
+}
+
+/** A graceful close ran out of time; what was still live was destroyed. */
+export class ShutdownTimeoutError extends BerthError {
+  static override readonly code = 'ERR_BERTH_SHUTDOWN_TIMEOUT';
+  /** How many connections (or streams, tasks) were still live and were destroyed. */
+  readonly remaining: number;
+
+  constructor(service: string, timeout: number, remaining: number, options?: BerthErrorOptions) {
+    super(
+      `${service}: close timed out after ${timeout} ms; destroyed ${remaining} live connection(s)`,
+      options,
+    );
+    this.remaining = remaining;
+  }
+}
+
+/** A service stopped on its own while it was meant to be running (its listener failed, ...). */
+export class ServiceFailedError extends BerthError {
+  static override readonly code = 'ERR_BERTH_SERVICE_FAILED';
+  readonly service: string;
+
+  constructor(service: string, message: string, options?: BerthErrorOptions) {
+    super(`${service}: ${message}`, options);
+    this.service = service;
+  }
+}
+
+// --- runner -----------------------------------------------------------------------------------
+
+// --- HTTP -------------------------------------------------------------------------------------
+
+// --- CLI --------------------------------------------------------------------------------------
+
+// --- task protocol ----------------------------------------------------------------------------
+
+// --- systemd ----------------------------------------------------------------------------------
+
+// --- cluster ----------------------------------------------------------------------------------
