@@ -1,0 +1,16 @@
+/**
+ * berth's public API. Named exports only; everything a user needs is importable from 'berth'.
+ */
+
+export * from './errors.js';
+export type { FdTarget, ListenTarget, PathTarget, PortTarget } from './listen.js';
+export type { CloseOptions, Service, ServiceState } from './service.js';
+export { isService } from './service.js';
+export {
+  type ConnectionContext,
+  type ConnectionHandler,
+  TCP_SERVICE_DEFAULTS,
+  TcpService,
+  type TcpServiceOptions,
+  type TcpStats,
+} from './tcp/tcp-service.js';

@@ -1,0 +1,473 @@
+/**
+ * `TcpService`: a TCP (or unix socket) listener that runs a handler per connection, counts its
+ * connections, and closes without abandoning its handlers. The Go seed is
+ * `listener.Run(ctx, address, handler, wg, metrics)`.
+ */
+
+import { channel } from 'node:diagnostics_channel';
+import { createServer, Server, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Registry } from 'prom-client';
+import {
+  ServiceClosedError,
+  ServiceClosingError,
+  ServiceDestroyedError,
+  ServiceFailedError,
+  ShutdownTimeoutError,
+} from '../errors.js';
+import { Lifecycle } from '../lifecycle.js';
+import {
+  type FdTarget,
+  formatAddress,
+  LISTEN_KEYS,
+  type ListenTarget,
+  listenOn,
+  type PathTarget,
+  type PortTarget,
+  parseListenTarget,
+} from '../listen.js';
+import { defaultRegistry, exportStats, type StatMetric } from '../metrics.js';
+import {
+  optional,
+  rejectUnknownKeys,
+  validateAbortSignal,
+  validateDuration,
+  validateFunction,
+  validateInstance,
+  validateInteger,
+  validateObject,
+  validateString,
+} from '../options.js';
+import type { CloseOptions, Service, ServiceState } from '../service.js';
+
+/** What a handler learns about its connection besides the stream itself. */
+export interface ConnectionContext {
+  /** Increasing from 1 within this service. */
+  readonly id: number;
+  /**
+   * Aborted when the service begins to close (reason: `ServiceClosingError`) or is destroyed.
+   * A handler that watches it can finish politely before the deadline.
+   */
+  readonly signal: AbortSignal;
+  readonly remoteAddress: string | undefined;
+  readonly remotePort: number | undefined;
+  /** The service's name. */
+  readonly service: string;
+}
+
+/**
+ * Runs once per connection. An async handler (one that returns a promise) owns the connection
+ * until its promise settles; then berth ends the connection, flushing what was written. A
+ * handler that returns nothing owns it until the connection closes, which suits the
+ * event-style `conn.pipe(conn)`. A handler that throws or rejects is counted under `error` and
+ * its connection destroyed; the service goes on.
+ */
+export type ConnectionHandler = (conn: Duplex, ctx: ConnectionContext) => void | Promise<void>;
+
+export interface TcpServiceOptions extends Partial<PortTarget & PathTarget & FdTarget> {
+  /** Runs once per accepted connection. */
+  handler: ConnectionHandler;
+  /** Unique within a runner; the `service` label of every metric. @default 'tcp' */
+  name?: string;
+  /**
+   * Serve the connections of this server instead of creating one. If it is not listening yet,
+   * give `port`, `path` or `fd` as well and `start()` makes it listen there.
+   */
+  server?: Server;
+  /** Connections beyond this many open ones are closed at once and counted under `dropped`. */
+  maxConnections?: number;
+  /** Default for `close()`'s `timeout`. @default 5000 (5 s, the seed's) */
+  shutdownTimeout?: number;
+  /** When it aborts, the service closes (like the seed's context). */
+  signal?: AbortSignal;
+  /** Where metrics go; `null` for none. @default prom-client's global registry */
+  registry?: Registry | null;
+}
+
+/** A plain snapshot, the seed's expvar map plus what Node adds. */
+export interface TcpStats {
+  /** Handlers running now. */
+  busy: number;
+  /** Connections accepted since the service was made. */
+  count: number;
+  /** Handlers that threw or rejected. */
+  error: number;
+  /** 1 while listening, else 0. */
+  listening: 0 | 1;
+  /** `host:port`, `[v6]:port` or the socket path; '' when not listening. */
+  address: string;
+  /** Connections open now (a handler may have returned while its connection flushes). */
+  open: number;
+  /** Connections closed at once because `maxConnections` were open. */
+  dropped: number;
+  /** Errors accepting connections (EMFILE, ENFILE, ...): counted, not fatal. */
+  acceptErrors: number;
+}
+
+export const TCP_SERVICE_DEFAULTS = Object.freeze({
+  name: 'tcp',
+  shutdownTimeout: 5_000, // 5 s: the seed's shutdown budget
+  maxConnections: Number.POSITIVE_INFINITY, // no limit
+});
+
+const KNOWN_OPTIONS = [
+  'handler',
+  'name',
+  'server',
+  'maxConnections',
+  'shutdownTimeout',
+  'signal',
+  'registry',
+  ...LISTEN_KEYS,
+] as const;
+
+const listeningChannel = channel('berth:tcp:listening');
+const connectionChannel = channel('berth:tcp:connection');
+const errorChannel = channel('berth:tcp:error');
+const closeChannel = channel('berth:tcp:close');
+
+const TCP_METRICS: readonly StatMetric<TcpStats>[] = [
+  {
+    name: 'berth_tcp_busy',
+    help: 'Connection handlers running now.',
+    type: 'gauge',
+    read: (s) => s.busy,
+  },
+  {
+    name: 'berth_tcp_connections_total',
+    help: 'Connections accepted.',
+    type: 'counter',
+    read: (s) => s.count,
+  },
+  {
+    name: 'berth_tcp_handler_errors_total',
+    help: 'Handlers that threw or rejected.',
+    type: 'counter',
+    read: (s) => s.error,
+  },
+  {
+    name: 'berth_tcp_listening',
+    help: '1 while the listener is open.',
+    type: 'gauge',
+    read: (s) => s.listening,
+  },
+  {
+    name: 'berth_tcp_open_connections',
+    help: 'Connections open now.',
+    type: 'gauge',
+    read: (s) => s.open,
+  },
+  {
+    name: 'berth_tcp_dropped_total',
+    help: 'Connections closed at once over maxConnections.',
+    type: 'counter',
+    read: (s) => s.dropped,
+  },
+  {
+    name: 'berth_tcp_accept_errors_total',
+    help: 'Errors accepting connections.',
+    type: 'counter',
+    read: (s) => s.acceptErrors,
+  },
+];
+
+/** One accepted connection: its context for the handler, and berth's bookkeeping. */
+class Connection implements ConnectionContext {
+  readonly id: number;
+  readonly socket: Socket;
+  readonly service: string;
+  /** Made on first use of `signal`, so handlers that never look pay nothing. */
+  controller: AbortController | undefined;
+  #closing: AbortSignal;
+
+  constructor(id: number, socket: Socket, service: string, closing: AbortSignal) {
+    this.id = id;
+    this.socket = socket;
+    this.service = service;
+    this.#closing = closing;
+  }
+
+  get signal(): AbortSignal {
+    if (this.#closing.aborted) return this.#closing;
+    this.controller ??= new AbortController();
+    return this.controller.signal;
+  }
+
+  get remoteAddress(): string | undefined {
+    return this.socket.remoteAddress;
+  }
+
+  get remotePort(): number | undefined {
+    return this.socket.remotePort;
+  }
+}
+
+function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    typeof (value as PromiseLike<unknown>).then === 'function'
+  );
+}
+
+function noop(): void {}
+
+export class TcpService implements Service {
+  readonly name: string;
+  readonly #handler: ConnectionHandler;
+  readonly #server: Server;
+  readonly #target: ListenTarget | undefined;
+  readonly #shutdownTimeout: number;
+  /** Aborted once the service starts closing; what `ctx.signal` becomes after that. */
+  readonly #closing = new AbortController();
+  readonly #connections = new Set<Connection>();
+  readonly #lifecycle: Lifecycle;
+
+  #busy = 0;
+  #count = 0;
+  #errors = 0;
+  #dropped = 0;
+  #acceptErrors = 0;
+  #listening = false;
+  #address = '';
+  #startPromise: Promise<void> | undefined;
+
+  constructor(options: TcpServiceOptions) {
+    validateObject(options, 'TcpService options');
+    rejectUnknownKeys(options, 'TcpService', KNOWN_OPTIONS);
+    this.#handler = validateFunction<ConnectionHandler>(options.handler, 'handler');
+    this.name = optional(options.name, TCP_SERVICE_DEFAULTS.name, (v) => validateString(v, 'name'));
+    this.#shutdownTimeout = optional(
+      options.shutdownTimeout,
+      TCP_SERVICE_DEFAULTS.shutdownTimeout,
+      (v) => validateDuration(v, 'shutdownTimeout'),
+    );
+    const maxConnections = optional(
+      options.maxConnections,
+      TCP_SERVICE_DEFAULTS.maxConnections,
+      (v) => validateInteger(v, 'maxConnections', { min: 1 }),
+    );
+    this.#target = parseListenTarget(options, 'TcpService');
+    const server =
+      options.server === undefined
+        ? undefined
+        : validateInstance(options.server, 'server', Server, 'a net.Server');
+    if (server && !server.listening && !this.#target) {
+      throw new ServiceFailedError(
+        this.name,
+        'the given server is not listening; give port, path or fd too',
+      );
+    }
+    if (!server && !this.#target) {
+      throw new ServiceFailedError(this.name, 'nowhere to listen: give port, path, fd or server');
+    }
+    const signal = optional(options.signal, undefined, (v) => validateAbortSignal(v, 'signal'));
+    const registry = options.registry === undefined ? defaultRegistry : options.registry;
+
+    this.#server = server ?? createServer();
+    if (Number.isFinite(maxConnections)) this.#server.maxConnections = maxConnections;
+    this.#server.on('connection', (socket: Socket) => this.#onConnection(socket));
+    this.#server.on('drop', () => this.#dropped++);
+    this.#server.on('error', (err: NodeJS.ErrnoException) => this.#onServerError(err));
+    if (this.#server.listening) this.#markListening();
+
+    this.#lifecycle = new Lifecycle(
+      () => this.#isIdle(),
+      signal,
+      () => this.close(),
+    );
+    if (registry) exportStats(registry, this.name, () => this.stats, TCP_METRICS);
+  }
+
+  get state(): ServiceState {
+    return this.#lifecycle.state;
+  }
+
+  get closed(): Promise<void> {
+    return this.#lifecycle.closed;
+  }
+
+  get stats(): TcpStats {
+    return {
+      busy: this.#busy,
+      count: this.#count,
+      error: this.#errors,
+      listening: this.#listening ? 1 : 0,
+      address: this.#address,
+      open: this.#connections.size,
+      dropped: this.#dropped,
+      acceptErrors: this.#acceptErrors,
+    };
+  }
+
+  /** The bound address, for reading an ephemeral port after `start()` with `port: 0`. */
+  address(): ReturnType<Server['address']> {
+    return this.#server.address();
+  }
+
+  start(): Promise<void> {
+    const state = this.#lifecycle.state;
+    if (this.#startPromise && (state === 'starting' || state === 'ready'))
+      return this.#startPromise;
+    if (state !== 'starting') {
+      return Promise.reject(new ServiceClosedError(`${this.name}: cannot start a closed service`));
+    }
+    this.#startPromise = this.#start();
+    return this.#startPromise;
+  }
+
+  async #start(): Promise<void> {
+    if (!this.#server.listening) {
+      try {
+        await listenOn(this.#server, this.#target!);
+      } catch (err) {
+        this.#lifecycle.fail(err as Error);
+        throw err;
+      }
+    }
+    // close() or destroy() may have run while we waited for the listener.
+    if (this.#lifecycle.state !== 'starting') {
+      this.#server.close(noop);
+      throw new ServiceClosedError(`${this.name}: closed while starting`);
+    }
+    this.#markListening();
+    this.#lifecycle.ready();
+    if (listeningChannel.hasSubscribers) {
+      listeningChannel.publish({ service: this.name, address: this.#address });
+    }
+  }
+
+  #markListening(): void {
+    this.#listening = true;
+    this.#address = formatAddress(this.#server.address());
+  }
+
+  close(options: CloseOptions = {}): Promise<void> {
+    const timeout = optional(options.timeout, this.#shutdownTimeout, (v) =>
+      validateDuration(v, 'timeout'),
+    );
+    return this.#lifecycle.close(() => this.#drain(timeout));
+  }
+
+  destroy(error?: Error): Promise<void> {
+    return this.#lifecycle.destroy(() => {
+      this.#stopListening();
+      const reason = error ?? new ServiceDestroyedError(`${this.name} was destroyed`);
+      const live = this.#connections.size + this.#busy;
+      this.#abortAll(reason);
+      for (const conn of this.#connections) conn.socket.destroy();
+      this.#publishClose(error);
+      return error ?? (live > 0 ? reason : undefined);
+    });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  /** The graceful path: returns the error to settle `close()`/`closed` with, if any. */
+  async #drain(timeout: number): Promise<Error | undefined> {
+    // A start under way finishes first, so there is a listener to close.
+    await this.#startPromise?.catch(noop);
+    this.#stopListening();
+    this.#abortAll(new ServiceClosingError(`${this.name} is closing`));
+    const finished = await this.#lifecycle.waitUntilIdle(timeout);
+    let error: Error | undefined;
+    if (!finished) {
+      const remaining = this.#connections.size;
+      error = new ShutdownTimeoutError(this.name, timeout, Math.max(remaining, this.#busy));
+      for (const conn of this.#connections) conn.socket.destroy();
+    }
+    this.#publishClose(error);
+    return error;
+  }
+
+  #isIdle(): boolean {
+    return this.#busy === 0 && this.#connections.size === 0;
+  }
+
+  #stopListening(): void {
+    if (this.#server.listening) this.#server.close(noop);
+    this.#listening = false;
+  }
+
+  #abortAll(reason: Error): void {
+    this.#closing.abort(reason);
+    for (const conn of this.#connections) conn.controller?.abort(reason);
+  }
+
+  #publishClose(error: Error | undefined): void {
+    if (closeChannel.hasSubscribers)
+      closeChannel.publish({ service: this.name, error, stats: this.stats });
+  }
+
+  #onServerError(err: NodeJS.ErrnoException): void {
+    if (err.syscall === 'accept') {
+      // libuv keeps the listener open and, on EMFILE/ENFILE, sheds the queued connections it
+      // cannot take rather than spinning; accepting resumes by itself once descriptors free up.
+      this.#acceptErrors++;
+      if (errorChannel.hasSubscribers) errorChannel.publish({ service: this.name, error: err });
+      return;
+    }
+    if (this.#lifecycle.state === 'starting' && !this.#listening) return; // listenOn reports it
+    void this.destroy(
+      new ServiceFailedError(this.name, `listener failed: ${err.message}`, { cause: err }),
+    );
+  }
+
+  #onConnection(socket: Socket): void {
+    // Never let a reset or a write after the peer left become an uncaught 'error'.
+    socket.on('error', noop);
+    const state = this.#lifecycle.state;
+    if (state === 'closed') {
+      socket.destroy();
+      return;
+    }
+    const conn = new Connection(++this.#count, socket, this.name, this.#closing.signal);
+    this.#connections.add(conn);
+    this.#busy++;
+    socket.once('close', () => {
+      this.#connections.delete(conn);
+      this.#lifecycle.poke();
+    });
+    if (connectionChannel.hasSubscribers) {
+      connectionChannel.publish({ service: this.name, id: conn.id, socket });
+    }
+
+    let result: unknown;
+    try {
+      result = this.#handler(socket, conn);
+    } catch (err) {
+      this.#handlerFailed(conn, err);
+      return;
+    }
+    if (isPromiseLike(result)) {
+      result.then(
+        () => this.#handlerReturned(conn),
+        (err: unknown) => this.#handlerFailed(conn, err),
+      );
+    } else if (socket.destroyed) {
+      this.#handlerReturned(conn);
+    } else {
+      // An event-style handler owns the connection until it closes.
+      socket.once('close', () => this.#handlerReturned(conn, false));
+    }
+  }
+
+  #handlerReturned(conn: Connection, endSocket = true): void {
+    this.#busy--;
+    // Flush what the handler wrote, send FIN, and let go of the descriptor.
+    if (endSocket && !conn.socket.destroyed) conn.socket.destroySoon();
+    this.#lifecycle.poke();
+  }
+
+  #handlerFailed(conn: Connection, err: unknown): void {
+    this.#busy--;
+    this.#errors++;
+    conn.socket.destroy();
+    if (errorChannel.hasSubscribers) {
+      errorChannel.publish({ service: this.name, id: conn.id, error: err });
+    }
+    this.#lifecycle.poke();
+  }
+}
