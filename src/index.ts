@@ -3,6 +3,16 @@
  */
 
 export * from './errors.js';
+export {
+  HTTP_SERVICE_DEFAULTS,
+  HttpService,
+  type HttpServiceOptions,
+  type HttpStats,
+  type RequestHandler,
+  type StatusClasses,
+  type UpgradeContext,
+  type UpgradeHandler,
+} from './http/http-service.js';
 export type { FdTarget, ListenTarget, PathTarget, PortTarget } from './listen.js';
 export type { CloseOptions, Service, ServiceState } from './service.js';
 export { isService } from './service.js';

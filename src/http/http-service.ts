@@ -1,0 +1,729 @@
+/**
+ * `HttpService`: an HTTP/1.1, HTTPS or HTTP/2 server whose close loses no request a client has
+ * already sent. The drain follows ../../docs/http-service.md (and the measurements behind it):
+ * readiness first, then the listener closes, every response not yet sent says
+ * `Connection: close`, a keep-alive socket with no request in flight is closed only after a
+ * short idle grace, HTTP/2 sessions get GOAWAY and finish their streams, upgraded sockets are
+ * told through a signal, and at the deadline whatever remains is destroyed.
+ */
+
+import { channel } from 'node:diagnostics_channel';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import http2 from 'node:http2';
+import https from 'node:https';
+import { Server as NetServer, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { type TlsOptions, Server as TlsServer } from 'node:tls';
+import type { Histogram, Registry } from 'prom-client';
+import {
+  ServiceClosedError,
+  ServiceClosingError,
+  ServiceDestroyedError,
+  ServiceFailedError,
+  ShutdownTimeoutError,
+} from '../errors.js';
+import { Lifecycle } from '../lifecycle.js';
+import {
+  type FdTarget,
+  formatAddress,
+  LISTEN_KEYS,
+  type ListenTarget,
+  listenOn,
+  type PathTarget,
+  type PortTarget,
+  parseListenTarget,
+} from '../listen.js';
+import { defaultRegistry, exportStats, type StatMetric, sharedHistogram } from '../metrics.js';
+import {
+  optional,
+  rejectUnknownKeys,
+  validateAbortSignal,
+  validateBoolean,
+  validateDuration,
+  validateFunction,
+  validateInstance,
+  validateInteger,
+  validateObject,
+  validateString,
+} from '../options.js';
+import type { CloseOptions, Service, ServiceState } from '../service.js';
+
+type AnyRequest = IncomingMessage | http2.Http2ServerRequest;
+type AnyResponse = ServerResponse | http2.Http2ServerResponse;
+
+/**
+ * A Node request listener, as `http.createServer()` takes: Express, Koa's `app.callback()` and
+ * framework adapters fit as they are. It may return a promise; a rejection is handled like a
+ * throw (500 if nothing was sent yet, else the connection is cut).
+ */
+// biome-ignore lint/suspicious/noExplicitAny: request listeners are typed by their frameworks
+export type RequestHandler = (req: any, res: any) => unknown;
+
+/** What an upgrade handler learns besides the request, socket and head. */
+export interface UpgradeContext {
+  /** Aborted when the service begins to close: close the upgraded connection politely. */
+  readonly signal: AbortSignal;
+}
+
+export type UpgradeHandler = (
+  req: IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+  ctx: UpgradeContext,
+) => void;
+
+export interface HttpServiceOptions extends Partial<PortTarget & PathTarget & FdTarget> {
+  /** Handles each request. Optional when `server` already has its own 'request' listener. */
+  handler?: RequestHandler;
+  /**
+   * Serve this server instead of creating one: an `http.Server`, `https.Server`, or an
+   * `http2` server (secure or not). If it is not listening, give `port`, `path` or `fd` too.
+   */
+  server?: http.Server | https.Server | http2.Http2Server | http2.Http2SecureServer;
+  /** Serve HTTPS (or HTTP/2 over TLS with `http2`): key, cert, ca, ... as `tls` takes them. */
+  tls?: TlsOptions;
+  /** Serve HTTP/2: over TLS with `tls` (HTTP/1.1 also accepted, by ALPN), else cleartext h2c. */
+  http2?: boolean;
+  /** Handles `Upgrade:` requests (WebSocket); the socket is tracked and drained. */
+  upgrade?: UpgradeHandler;
+  /** Unique within a runner; the `service` label of every metric. @default 'http' */
+  name?: string;
+  /** Default for `close()`'s `timeout`. @default 5000 (5 s) */
+  shutdownTimeout?: number;
+  /**
+   * Once a drain begins, how long a keep-alive socket with no request in flight stays open, so a
+   * request already on the wire is still read and answered. @default 1000 (1 s)
+   */
+  idleGrace?: number;
+  /** Node's `server.keepAliveTimeout`. @default 5000 (Node's) */
+  keepAliveTimeout?: number;
+  /** Node's `server.headersTimeout`. @default 60000 (Node's) */
+  headersTimeout?: number;
+  /** Node's `server.requestTimeout`. @default 300000 (Node's) */
+  requestTimeout?: number;
+  /** Connections beyond this many open ones are closed at once and counted under `dropped`. */
+  maxConnections?: number;
+  /** When it aborts, the service closes. */
+  signal?: AbortSignal;
+  /** Where metrics go; `null` for none. @default prom-client's global registry */
+  registry?: Registry | null;
+}
+
+/** Response counts by status class. */
+export interface StatusClasses {
+  '1xx': number;
+  '2xx': number;
+  '3xx': number;
+  '4xx': number;
+  '5xx': number;
+}
+
+export interface HttpStats {
+  /** Requests in flight now. */
+  busy: number;
+  /** Connections accepted since the service was made. */
+  count: number;
+  /** Handlers that threw or rejected. */
+  error: number;
+  /** 1 while listening, else 0. */
+  listening: 0 | 1;
+  address: string;
+  /** Connections open now (HTTP/1 sockets, HTTP/2 sessions' sockets, upgraded sockets). */
+  open: number;
+  /** Requests received since the service was made. */
+  requests: number;
+  /** Responses completed, by status class. */
+  responses: StatusClasses;
+  /** Requests whose connection closed before their response completed. */
+  aborted: number;
+  /** Upgraded (WebSocket) connections open now. */
+  upgraded: number;
+  /** Connections closed at once because `maxConnections` were open. */
+  dropped: number;
+}
+
+export const HTTP_SERVICE_DEFAULTS = Object.freeze({
+  name: 'http',
+  shutdownTimeout: 5_000, // 5 s
+  idleGrace: 1_000, // 1 s: measured to close the keep-alive race (docs/http-service.md)
+});
+
+const KNOWN_OPTIONS = [
+  'handler',
+  'server',
+  'tls',
+  'http2',
+  'upgrade',
+  'name',
+  'shutdownTimeout',
+  'idleGrace',
+  'keepAliveTimeout',
+  'headersTimeout',
+  'requestTimeout',
+  'maxConnections',
+  'signal',
+  'registry',
+  ...LISTEN_KEYS,
+] as const;
+
+const listeningChannel = channel('berth:http:listening');
+const errorChannel = channel('berth:http:error');
+const drainChannel = channel('berth:http:drain');
+const closeChannel = channel('berth:http:close');
+
+const HTTP_METRICS: readonly StatMetric<HttpStats>[] = [
+  {
+    name: 'berth_http_requests_in_flight',
+    help: 'HTTP requests in flight.',
+    type: 'gauge',
+    read: (s) => s.busy,
+  },
+  {
+    name: 'berth_http_requests_total',
+    help: 'HTTP requests received.',
+    type: 'counter',
+    read: (s) => s.requests,
+  },
+  {
+    name: 'berth_http_responses_total',
+    help: 'HTTP responses completed, by status class.',
+    type: 'counter',
+    label: 'class',
+    read: (s) => s.responses as unknown as Record<string, number>,
+  },
+  {
+    name: 'berth_http_requests_aborted_total',
+    help: 'Requests whose connection closed before the response completed.',
+    type: 'counter',
+    read: (s) => s.aborted,
+  },
+  {
+    name: 'berth_http_handler_errors_total',
+    help: 'Request handlers that threw or rejected.',
+    type: 'counter',
+    read: (s) => s.error,
+  },
+  {
+    name: 'berth_http_connections_total',
+    help: 'HTTP connections accepted.',
+    type: 'counter',
+    read: (s) => s.count,
+  },
+  {
+    name: 'berth_http_open_connections',
+    help: 'HTTP connections open now.',
+    type: 'gauge',
+    read: (s) => s.open,
+  },
+  {
+    name: 'berth_http_upgraded_connections',
+    help: 'Upgraded (WebSocket) connections open now.',
+    type: 'gauge',
+    read: (s) => s.upgraded,
+  },
+  {
+    name: 'berth_http_listening',
+    help: '1 while the listener is open.',
+    type: 'gauge',
+    read: (s) => s.listening,
+  },
+  {
+    name: 'berth_http_dropped_total',
+    help: 'Connections closed at once over maxConnections.',
+    type: 'counter',
+    read: (s) => s.dropped,
+  },
+];
+
+const CLASSES = ['1xx', '1xx', '2xx', '3xx', '4xx', '5xx'] as const;
+
+/** Per HTTP/1 socket: requests in flight on it, and its idle-grace timer while draining. */
+interface SocketState {
+  inflight: number;
+  idleTimer: NodeJS.Timeout | undefined;
+  /** `bytesRead` when the idle grace began: more bytes since means a request is arriving. */
+  bytesAtIdle: number;
+}
+
+const kState = Symbol('berth.http.socket');
+type TrackedSocket = Socket & { [kState]?: SocketState };
+
+function noop(): void {}
+
+function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    typeof (value as PromiseLike<unknown>).then === 'function'
+  );
+}
+
+/** Node keeps an interval that checks request timeouts; only `http.Server#close` clears it. */
+function clearConnectionsCheck(server: NetServer): void {
+  const key = Object.getOwnPropertySymbols(server).find(
+    (s) => s.description === 'http.server.connectionsCheckingInterval',
+  );
+  if (key) clearInterval((server as unknown as Record<symbol, NodeJS.Timeout>)[key]);
+}
+
+export class HttpService implements Service {
+  readonly name: string;
+  readonly #server: http.Server | https.Server | http2.Http2Server | http2.Http2SecureServer;
+  readonly #handler: RequestHandler | undefined;
+  readonly #upgrade: UpgradeHandler | undefined;
+  readonly #target: ListenTarget | undefined;
+  readonly #shutdownTimeout: number;
+  readonly #idleGrace: number;
+  readonly #lifecycle: Lifecycle;
+  readonly #histogram: Histogram<string> | undefined;
+  /** Aborted when the drain begins; what upgrade handlers watch. */
+  readonly #closing = new AbortController();
+
+  /** Every accepted connection (raw TCP sockets, also under TLS), for counting and the deadline. */
+  readonly #connections = new Set<Socket>();
+  /** HTTP/1 sockets as the HTTP layer sees them (TLS sockets under HTTPS). */
+  readonly #httpSockets = new Set<TrackedSocket>();
+  readonly #sessions = new Set<http2.ServerHttp2Session>();
+  readonly #upgraded = new Set<Duplex>();
+  /** Responses in flight, so the drain can mark each `Connection: close`. */
+  readonly #inflight = new Set<AnyResponse>();
+
+  /** A cleartext HTTP/2 server (prior knowledge): every connection is a session. */
+  readonly #h2c: boolean;
+  #draining = false;
+  #count = 0;
+  #requests = 0;
+  #errors = 0;
+  #aborted = 0;
+  #dropped = 0;
+  readonly #classes = [0, 0, 0, 0, 0, 0];
+  #listening = false;
+  #address = '';
+  #startPromise: Promise<void> | undefined;
+
+  constructor(options: HttpServiceOptions) {
+    validateObject(options, 'HttpService options');
+    rejectUnknownKeys(options, 'HttpService', KNOWN_OPTIONS);
+    this.name = optional(options.name, HTTP_SERVICE_DEFAULTS.name, (v) =>
+      validateString(v, 'name'),
+    );
+    this.#handler = optional(options.handler, undefined, (v) =>
+      validateFunction<RequestHandler>(v, 'handler'),
+    );
+    this.#upgrade = optional(options.upgrade, undefined, (v) =>
+      validateFunction<UpgradeHandler>(v, 'upgrade'),
+    );
+    this.#shutdownTimeout = optional(
+      options.shutdownTimeout,
+      HTTP_SERVICE_DEFAULTS.shutdownTimeout,
+      (v) => validateDuration(v, 'shutdownTimeout'),
+    );
+    this.#idleGrace = optional(options.idleGrace, HTTP_SERVICE_DEFAULTS.idleGrace, (v) =>
+      validateDuration(v, 'idleGrace'),
+    );
+    const maxConnections = optional(options.maxConnections, undefined, (v) =>
+      validateInteger(v, 'maxConnections', { min: 1 }),
+    );
+    const signal = optional(options.signal, undefined, (v) => validateAbortSignal(v, 'signal'));
+    const useHttp2 = optional(options.http2, false, (v) => validateBoolean(v, 'http2'));
+    const tlsOptions = optional(options.tls, undefined, (v) =>
+      validateObject<TlsOptions>(v, 'tls'),
+    );
+    this.#target = parseListenTarget(options, 'HttpService');
+
+    if (options.server !== undefined) {
+      validateInstance(options.server, 'server', NetServer, 'an http, https or http2 server');
+      if (tlsOptions || options.http2 !== undefined) {
+        throw new ServiceFailedError(
+          this.name,
+          'give tls/http2 or a server, not both: the server already decides',
+        );
+      }
+      if (!options.server.listening && !this.#target) {
+        throw new ServiceFailedError(
+          this.name,
+          'the given server is not listening; give port, path or fd too',
+        );
+      }
+      if (!this.#handler && options.server.listenerCount('request') === 0) {
+        throw new ServiceFailedError(
+          this.name,
+          'nothing handles requests: give handler, or a server with a request listener',
+        );
+      }
+      this.#server = options.server;
+    } else {
+      if (!this.#target)
+        throw new ServiceFailedError(this.name, 'nowhere to listen: give port, path, fd or server');
+      if (!this.#handler)
+        throw new ServiceFailedError(this.name, 'handler must be a function, got undefined');
+      if (useHttp2) {
+        this.#server = tlsOptions
+          ? http2.createSecureServer({ ...tlsOptions, allowHTTP1: true })
+          : http2.createServer();
+      } else {
+        this.#server = tlsOptions ? https.createServer(tlsOptions) : http.createServer();
+      }
+    }
+
+    const server = this.#server;
+    // node:http2 does not export its server classes; the cleartext one is told by its name.
+    this.#h2c = server.constructor.name === 'Http2Server';
+    for (const key of ['keepAliveTimeout', 'headersTimeout', 'requestTimeout'] as const) {
+      const value = optional(options[key], undefined, (v) => validateDuration(v, key));
+      if (value !== undefined) (server as http.Server)[key] = value;
+    }
+    if (maxConnections !== undefined) server.maxConnections = maxConnections;
+
+    server.on('connection', (socket: Socket) => this.#onConnection(socket));
+    // Under TLS the HTTP layer works on the TLS socket, which exists only after the handshake.
+    const httpConnectionEvent = server instanceof TlsServer ? 'secureConnection' : 'connection';
+    server.on(httpConnectionEvent, (socket: Socket) => this.#onHttpSocket(socket));
+    server.on('session', (session: http2.ServerHttp2Session) => this.#onSession(session));
+    server.on('drop', () => this.#dropped++);
+    server.on('error', (err: NodeJS.ErrnoException) => this.#onServerError(err));
+    // Our listener must see each request before the application's, to count and mark it.
+    server.prependListener('request', (req: AnyRequest, res: AnyResponse) =>
+      this.#onRequest(req, res),
+    );
+    if (this.#handler)
+      server.on('request', (req: AnyRequest, res: AnyResponse) => this.#runHandler(req, res));
+    // Track upgraded sockets, but only once something handles upgrades: with no 'upgrade'
+    // listener Node treats an upgrade request as an ordinary request, and ours must not change that.
+    const trackUpgrades = () => {
+      server.prependListener('upgrade', (_req: IncomingMessage, socket: Duplex) =>
+        this.#onUpgrade(socket),
+      );
+    };
+    if (server.listenerCount('upgrade') > 0) trackUpgrades();
+    else {
+      const onNewListener = (event: string | symbol) => {
+        if (event !== 'upgrade') return;
+        server.off('newListener', onNewListener);
+        trackUpgrades();
+      };
+      server.on('newListener', onNewListener);
+    }
+    if (this.#upgrade)
+      server.on('upgrade', (req, socket, head) => this.#runUpgrade(req, socket, head));
+    if (server.listening) this.#markListening();
+
+    this.#lifecycle = new Lifecycle(
+      () => this.#isIdle(),
+      signal,
+      () => this.close(),
+    );
+    const registry = options.registry === undefined ? defaultRegistry : options.registry;
+    if (registry) {
+      exportStats(registry, this.name, () => this.stats, HTTP_METRICS);
+      this.#histogram = sharedHistogram(registry, {
+        name: 'berth_http_request_duration_seconds',
+        help: 'Time from request to the end of its response, by status class.',
+        labelNames: ['service', 'class'],
+      });
+    }
+  }
+
+  get state(): ServiceState {
+    return this.#lifecycle.state;
+  }
+
+  get closed(): Promise<void> {
+    return this.#lifecycle.closed;
+  }
+
+  /** The underlying Node server, e.g. to attach a WebSocket library's upgrade handling. */
+  get server(): http.Server | https.Server | http2.Http2Server | http2.Http2SecureServer {
+    return this.#server;
+  }
+
+  /** Aborted when the drain begins: long-lived work (SSE, WebSockets) should wind down. */
+  get signal(): AbortSignal {
+    return this.#closing.signal;
+  }
+
+  get stats(): HttpStats {
+    const c = this.#classes;
+    return {
+      busy: this.#inflight.size,
+      count: this.#count,
+      error: this.#errors,
+      listening: this.#listening ? 1 : 0,
+      address: this.#address,
+      open: this.#connections.size,
+      requests: this.#requests,
+      responses: { '1xx': c[1]!, '2xx': c[2]!, '3xx': c[3]!, '4xx': c[4]!, '5xx': c[5]! },
+      aborted: this.#aborted,
+      upgraded: this.#upgraded.size,
+      dropped: this.#dropped,
+    };
+  }
+
+  address(): ReturnType<NetServer['address']> {
+    return this.#server.address();
+  }
+
+  start(): Promise<void> {
+    const state = this.#lifecycle.state;
+    if (this.#startPromise && (state === 'starting' || state === 'ready'))
+      return this.#startPromise;
+    if (state !== 'starting') {
+      return Promise.reject(new ServiceClosedError(`${this.name}: cannot start a closed service`));
+    }
+    this.#startPromise = this.#start();
+    return this.#startPromise;
+  }
+
+  async #start(): Promise<void> {
+    if (!this.#server.listening) {
+      try {
+        await listenOn(this.#server, this.#target!);
+      } catch (err) {
+        this.#lifecycle.fail(err as Error);
+        throw err;
+      }
+    }
+    if (this.#lifecycle.state !== 'starting') {
+      this.#stopListening();
+      throw new ServiceClosedError(`${this.name}: closed while starting`);
+    }
+    this.#markListening();
+    this.#lifecycle.ready();
+    if (listeningChannel.hasSubscribers)
+      listeningChannel.publish({ service: this.name, address: this.#address });
+  }
+
+  #markListening(): void {
+    this.#listening = true;
+    this.#address = formatAddress(this.#server.address());
+  }
+
+  close(options: CloseOptions = {}): Promise<void> {
+    const timeout = optional(options.timeout, this.#shutdownTimeout, (v) =>
+      validateDuration(v, 'timeout'),
+    );
+    return this.#lifecycle.close(() => this.#drain(timeout));
+  }
+
+  destroy(error?: Error): Promise<void> {
+    return this.#lifecycle.destroy(() => {
+      this.#draining = true;
+      this.#stopListening();
+      const reason = error ?? new ServiceDestroyedError(`${this.name} was destroyed`);
+      const live = this.#connections.size;
+      this.#closing.abort(reason);
+      this.#destroyAll();
+      this.#publishClose(error);
+      return error ?? (live > 0 ? reason : undefined);
+    });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  async #drain(timeout: number): Promise<Error | undefined> {
+    await this.#startPromise?.catch(noop);
+    this.#draining = true;
+    // 1. Stop taking connections. net.Server's own close, not http's: http.Server#close also
+    //    reaps idle keep-alive sockets at once, which is the race this drain exists to avoid.
+    this.#stopListening();
+    if (drainChannel.hasSubscribers) {
+      drainChannel.publish({
+        service: this.name,
+        inflight: this.#inflight.size,
+        connections: this.#connections.size,
+      });
+    }
+    // 2. Every response not yet sent tells its client to leave after it.
+    for (const res of this.#inflight) this.#markLast(res);
+    // 3. Sockets with nothing in flight get the idle grace; HTTP/2 sessions get GOAWAY.
+    for (const socket of this.#httpSockets) {
+      if (socket[kState]!.inflight === 0) this.#startIdleGrace(socket);
+    }
+    for (const session of this.#sessions) session.close();
+    // 4. Upgraded connections are told, and must close themselves before the deadline.
+    this.#closing.abort(new ServiceClosingError(`${this.name} is closing`));
+
+    const finished = await this.#lifecycle.waitUntilIdle(timeout);
+    let error: Error | undefined;
+    if (!finished && this.#lifecycle.state !== 'closed') {
+      error = new ShutdownTimeoutError(this.name, timeout, this.#connections.size);
+      this.#destroyAll();
+    }
+    this.#finish();
+    this.#publishClose(error);
+    return error;
+  }
+
+  #isIdle(): boolean {
+    return this.#connections.size === 0 && this.#inflight.size === 0;
+  }
+
+  #stopListening(): void {
+    if (this.#server.listening) NetServer.prototype.close.call(this.#server, noop);
+    this.#listening = false;
+  }
+
+  #destroyAll(): void {
+    for (const session of this.#sessions) session.destroy();
+    for (const socket of this.#upgraded) socket.destroy();
+    for (const socket of this.#connections) socket.destroy();
+    this.#finish();
+  }
+
+  /** Releases what only a full http.Server#close would: its request-timeout interval. */
+  #finish(): void {
+    for (const socket of this.#httpSockets) clearTimeout(socket[kState]!.idleTimer);
+    clearConnectionsCheck(this.#server);
+  }
+
+  #publishClose(error: Error | undefined): void {
+    if (closeChannel.hasSubscribers)
+      closeChannel.publish({ service: this.name, error, stats: this.stats });
+  }
+
+  #onServerError(err: NodeJS.ErrnoException): void {
+    if (err.syscall === 'accept') {
+      if (errorChannel.hasSubscribers) errorChannel.publish({ service: this.name, error: err });
+      return;
+    }
+    if (this.#lifecycle.state === 'starting' && !this.#listening) return; // listenOn reports it
+    void this.destroy(
+      new ServiceFailedError(this.name, `listener failed: ${err.message}`, { cause: err }),
+    );
+  }
+
+  #onConnection(socket: Socket): void {
+    this.#count++;
+    this.#connections.add(socket);
+    socket.once('close', () => {
+      this.#connections.delete(socket);
+      this.#lifecycle.poke();
+    });
+  }
+
+  #onHttpSocket(socket: TrackedSocket): void {
+    // HTTP/2 connections are sessions, tracked as such: h2c servers speak nothing else, and a
+    // TLS server hands a socket to HTTP/2 when ALPN chose h2.
+    if (this.#h2c) return;
+    if ((socket as Socket & { alpnProtocol?: string | false }).alpnProtocol === 'h2') return;
+    socket[kState] = { inflight: 0, idleTimer: undefined, bytesAtIdle: 0 };
+    this.#httpSockets.add(socket);
+    socket.once('close', () => {
+      clearTimeout(socket[kState]!.idleTimer);
+      this.#httpSockets.delete(socket);
+    });
+    // A connection that raced the listener's close is served like the rest: idle grace first.
+    if (this.#draining) this.#startIdleGrace(socket);
+  }
+
+  #onSession(session: http2.ServerHttp2Session): void {
+    this.#sessions.add(session);
+    session.once('close', () => {
+      this.#sessions.delete(session);
+      this.#lifecycle.poke();
+    });
+    if (this.#draining) session.close();
+  }
+
+  #onUpgrade(socket: Duplex): void {
+    // The socket leaves the HTTP layer: it is no longer a keep-alive socket to reap.
+    this.#httpSockets.delete(socket as TrackedSocket);
+    this.#upgraded.add(socket);
+    socket.once('close', () => {
+      this.#upgraded.delete(socket);
+      this.#lifecycle.poke();
+    });
+  }
+
+  #runUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', noop);
+    try {
+      this.#upgrade!(req, socket, head, { signal: this.#closing.signal });
+    } catch (err) {
+      this.#errors++;
+      socket.destroy();
+      if (errorChannel.hasSubscribers) errorChannel.publish({ service: this.name, error: err });
+    }
+  }
+
+  #onRequest(req: AnyRequest, res: AnyResponse): void {
+    this.#requests++;
+    this.#inflight.add(res);
+    const socket = req.socket as TrackedSocket;
+    const state = req.httpVersionMajor === 2 ? undefined : socket[kState];
+    if (state) {
+      state.inflight++;
+      if (state.idleTimer) {
+        clearTimeout(state.idleTimer);
+        state.idleTimer = undefined;
+      }
+    }
+    if (this.#draining) this.#markLast(res);
+    const started = performance.now();
+    res.once('close', () => {
+      this.#inflight.delete(res);
+      if (res.writableFinished) {
+        const cls = (res.statusCode / 100) | 0;
+        if (cls >= 1 && cls <= 5) this.#classes[cls]!++;
+        this.#histogram?.observe(
+          { service: this.name, class: CLASSES[cls] ?? '5xx' },
+          (performance.now() - started) / 1e3,
+        );
+      } else {
+        this.#aborted++;
+      }
+      if (state && --state.inflight === 0 && this.#draining && !socket.destroyed)
+        this.#startIdleGrace(socket);
+      this.#lifecycle.poke();
+    });
+  }
+
+  /** Makes this response the last on its HTTP/1 connection: `Connection: close`, then close. */
+  #markLast(res: AnyResponse): void {
+    if (!res.headersSent && 'shouldKeepAlive' in res) res.shouldKeepAlive = false;
+  }
+
+  #startIdleGrace(socket: TrackedSocket): void {
+    const state = socket[kState]!;
+    clearTimeout(state.idleTimer);
+    state.bytesAtIdle = socket.bytesRead;
+    state.idleTimer = setTimeout(() => {
+      state.idleTimer = undefined;
+      if (state.inflight > 0 || socket.destroyed) return;
+      // Bytes arrived during the grace: a request is being received. Let it finish; its
+      // response carries Connection: close and ends the connection.
+      if (socket.bytesRead !== state.bytesAtIdle) {
+        this.#startIdleGrace(socket);
+        return;
+      }
+      socket.destroy();
+    }, this.#idleGrace);
+  }
+
+  #runHandler(req: AnyRequest, res: AnyResponse): void {
+    let result: unknown;
+    try {
+      result = this.#handler!(req, res);
+    } catch (err) {
+      this.#handlerFailed(res, err);
+      return;
+    }
+    if (isPromiseLike(result))
+      result.then(undefined, (err: unknown) => this.#handlerFailed(res, err));
+  }
+
+  #handlerFailed(res: AnyResponse, err: unknown): void {
+    this.#errors++;
+    if (errorChannel.hasSubscribers) errorChannel.publish({ service: this.name, error: err });
+    if (!res.headersSent) {
+      res.statusCode = 500;
+      res.setHeader('content-type', 'text/plain; charset=utf-8');
+      res.end('Internal Server Error\n');
+    } else {
+      // Half a response cannot be mended: cut it so the client knows.
+      res.destroy();
+    }
+  }
+}

@@ -1,0 +1,349 @@
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import http2 from 'node:http2';
+import https from 'node:https';
+import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { type TestContext, test } from 'node:test';
+import { Registry } from 'prom-client';
+import {
+  AddressInUseError,
+  HttpService,
+  type HttpServiceOptions,
+  InvalidOptionError,
+  ShutdownTimeoutError,
+} from '../src/index.js';
+import { connect, FIXTURES, readAll, sleep, waitFor } from './helpers.js';
+
+const tls = {
+  key: readFileSync(join(FIXTURES, 'tls', 'key.pem')),
+  cert: readFileSync(join(FIXTURES, 'tls', 'cert.pem')),
+};
+
+const hello = (_req: http.IncomingMessage, res: http.ServerResponse) => res.end('Hello world.');
+
+async function startHttp(t: TestContext, options: Partial<HttpServiceOptions> = {}) {
+  const service = new HttpService({
+    port: 0,
+    host: '127.0.0.1',
+    handler: hello,
+    registry: null,
+    ...options,
+  });
+  t.after(() => service.destroy());
+  await service.start();
+  return { service, port: (service.address() as AddressInfo).port };
+}
+
+interface Reply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+function get(port: number, path = '/', agent?: http.Agent): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path, agent }, async (res) => {
+        resolve({ status: res.statusCode!, headers: res.headers, body: await readAll(res) });
+      })
+      .on('error', reject);
+  });
+}
+
+/** Sends raw request bytes on an open socket and reads one response (small bodies only). */
+async function rawRequest(socket: Socket, path: string): Promise<string> {
+  socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`);
+  const [chunk] = await once(socket, 'data');
+  return chunk.toString();
+}
+
+test('serves requests and counts them by status class, with a duration histogram', async (t) => {
+  const registry = new Registry();
+  const { service, port } = await startHttp(t, {
+    name: 'web',
+    registry,
+    handler: (req: http.IncomingMessage, res: http.ServerResponse) => {
+      res.statusCode = req.url === '/missing' ? 404 : 200;
+      res.end('x');
+    },
+  });
+  assert.equal(service.state, 'ready');
+  assert.equal((await get(port)).status, 200);
+  assert.equal((await get(port, '/missing')).status, 404);
+  assert.equal((await get(port)).status, 200);
+  await waitFor(() => service.stats.responses['2xx'] === 2, 'responses to be counted');
+  const stats = service.stats;
+  assert.equal(stats.requests, 3);
+  assert.equal(stats.responses['4xx'], 1);
+  assert.equal(stats.busy, 0);
+  assert.equal(stats.listening, 1);
+  assert.equal(stats.address, `127.0.0.1:${port}`);
+  const text = await registry.metrics();
+  assert.match(text, /berth_http_responses_total\{service="web",class="2xx"\} 2/);
+  assert.match(text, /berth_http_responses_total\{service="web",class="4xx"\} 1/);
+  assert.match(text, /berth_http_requests_total\{service="web"\} 3/);
+  assert.match(text, /berth_http_request_duration_seconds_count\{service="web",class="2xx"\} 2/);
+});
+
+test('a handler that throws or rejects answers 500, is counted, and the service goes on', async (t) => {
+  const { service, port } = await startHttp(t, {
+    handler: async (req: http.IncomingMessage, res: http.ServerResponse) => {
+      if (req.url === '/throw') throw new Error('sync-looking throw in an async handler');
+      if (req.url === '/reject') return Promise.reject(new Error('rejected'));
+      res.end('fine');
+    },
+  });
+  assert.equal((await get(port, '/throw')).status, 500);
+  assert.equal((await get(port, '/reject')).status, 500);
+  assert.equal((await get(port, '/')).body, 'fine');
+  assert.equal(service.stats.error, 2);
+
+  const sync = await startHttp(t, {
+    handler: () => {
+      throw new Error('sync throw');
+    },
+  });
+  assert.equal((await get(sync.port)).status, 500);
+  assert.equal(sync.service.stats.error, 1);
+});
+
+test('wraps a connect/Express-style listener and an existing http.Server as they are', async (t) => {
+  // A (req, res, next) listener, as Express apps are.
+  const app = (req: http.IncomingMessage, res: http.ServerResponse, next?: () => void) => {
+    if (next) throw new Error('called with next');
+    res.setHeader('x-app', 'express-style');
+    res.end(req.url);
+  };
+  const { port } = await startHttp(t, { handler: app });
+  const reply = await get(port, '/path');
+  assert.equal(reply.headers['x-app'], 'express-style');
+  assert.equal(reply.body, '/path');
+
+  const server = http.createServer((_req, res) => res.end('own listener'));
+  const existing = await startHttp(t, { handler: undefined, server });
+  assert.equal((await get(existing.port)).body, 'own listener');
+  assert.equal(existing.service.stats.requests, 1);
+});
+
+test('close is bounded by idleGrace, not keepAliveTimeout, and a request in the grace is served', async (t) => {
+  const { service, port } = await startHttp(t, { keepAliveTimeout: 60_000, idleGrace: 300 });
+  const idle = await connect(t, port);
+  const busy = await connect(t, port);
+  assert.match(await rawRequest(idle, '/'), /Connection: keep-alive/i);
+  assert.match(await rawRequest(busy, '/'), /Connection: keep-alive/i);
+
+  const started = Date.now();
+  const closing = service.close({ timeout: 10_000 });
+  assert.equal(service.state, 'draining');
+  // A request written during the grace is answered, and told to be the last.
+  await sleep(50);
+  const late = await rawRequest(busy, '/late');
+  assert.match(late, /^HTTP\/1\.1 200/);
+  assert.match(late, /Connection: close/i);
+  await closing;
+  const took = Date.now() - started;
+  assert.ok(took >= 250 && took < 3_000, `close took ${took} ms`);
+  assert.equal(service.state, 'closed');
+  await waitFor(() => idle.closed && busy.closed, 'both sockets to be closed');
+});
+
+test('a request still running at the deadline is destroyed, and close says so', async (t) => {
+  const { service, port } = await startHttp(t, {
+    handler: () => {
+      /* never answers */
+    },
+  });
+  const pending = get(port).catch((err: NodeJS.ErrnoException) => err.code);
+  await waitFor(() => service.stats.busy === 1, 'the request to arrive');
+  await assert.rejects(service.close({ timeout: 200 }), (err: unknown) => {
+    assert.ok(err instanceof ShutdownTimeoutError);
+    assert.equal(err.remaining, 1);
+    return true;
+  });
+  assert.equal(await pending, 'ECONNRESET');
+  await waitFor(() => service.stats.aborted === 1, 'the cut request to be counted as aborted');
+});
+
+test('start on a busy port rejects with ERR_BERTH_ADDRESS_IN_USE', async (t) => {
+  const blocker = createNetServer().listen(0, '127.0.0.1');
+  t.after(() => blocker.close());
+  await once(blocker, 'listening');
+  const { port } = blocker.address() as AddressInfo;
+  const service = new HttpService({ port, host: '127.0.0.1', handler: hello, registry: null });
+  await assert.rejects(service.start(), AddressInUseError);
+  assert.equal(service.state, 'closed');
+});
+
+test('HTTPS: serves and drains over TLS', async (t) => {
+  const { service, port } = await startHttp(t, {
+    tls,
+    handler: (_req: http.IncomingMessage, res: http.ServerResponse) =>
+      setTimeout(() => res.end('secure'), 50),
+  });
+  const agent = new https.Agent({ keepAlive: true, ca: tls.cert });
+  t.after(() => agent.destroy());
+  const request = () =>
+    new Promise<Reply>((resolve, reject) => {
+      https
+        .get({ host: '127.0.0.1', port, servername: 'localhost', agent }, async (res) => {
+          resolve({ status: res.statusCode!, headers: res.headers, body: await readAll(res) });
+        })
+        .on('error', reject);
+    });
+  assert.equal((await request()).body, 'secure');
+  const inflight = request();
+  await waitFor(() => service.stats.busy === 1, 'the request to arrive');
+  const closing = service.close({ timeout: 5_000 });
+  const reply = await inflight;
+  assert.equal(reply.body, 'secure');
+  assert.equal(reply.headers.connection, 'close');
+  await closing;
+});
+
+test('HTTP/2: GOAWAY on close, open streams finish, the session then ends', async (t) => {
+  const { service, port } = await startHttp(t, {
+    tls,
+    http2: true,
+    handler: (_req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => {
+      setTimeout(() => res.end('h2 done'), 150);
+    },
+  });
+  const session = http2.connect(`https://localhost:${port}`, { ca: tls.cert });
+  t.after(() => session.destroy());
+  const goaway = once(session, 'goaway');
+  const streams = [1, 2, 3].map(async () => {
+    const stream = session.request({ ':path': '/' });
+    const [headers] = await once(stream, 'response');
+    return { status: headers[':status'], body: await readAll(stream) };
+  });
+  await waitFor(() => service.stats.busy === 3, 'three streams in flight');
+  const closing = service.close({ timeout: 5_000 });
+  await goaway;
+  assert.deepEqual(await Promise.all(streams), [
+    { status: 200, body: 'h2 done' },
+    { status: 200, body: 'h2 done' },
+    { status: 200, body: 'h2 done' },
+  ]);
+  await closing;
+  assert.equal(service.stats.aborted, 0);
+  assert.equal(service.stats.responses['2xx'], 3);
+});
+
+test('HTTP/2 over TLS still serves HTTP/1.1 clients', async (t) => {
+  const { port } = await startHttp(t, { tls, http2: true });
+  const body = await new Promise<string>((resolve, reject) => {
+    https
+      .get({ host: '127.0.0.1', port, servername: 'localhost', ca: tls.cert }, async (res) =>
+        resolve(await readAll(res)),
+      )
+      .on('error', reject);
+  });
+  assert.equal(body, 'Hello world.');
+});
+
+/** Answers an upgrade with 101 and then echoes, the way a WebSocket server holds a socket. */
+function upgradeRequest(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    http
+      .request({ host: '127.0.0.1', port, headers: { connection: 'upgrade', upgrade: 'echo' } })
+      .on('upgrade', (_res, socket) => resolve(socket))
+      .on('error', reject)
+      .end();
+  });
+}
+
+test('upgraded connections are told through their signal and may close politely', async (t) => {
+  const { service, port } = await startHttp(t, {
+    upgrade: (_req, socket, _head, { signal }) => {
+      socket.write(
+        'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n',
+      );
+      socket.pipe(socket);
+      signal.addEventListener('abort', () => socket.end('going away'), { once: true });
+    },
+  });
+  const socket = await upgradeRequest(port);
+  t.after(() => socket.destroy());
+  await waitFor(() => service.stats.upgraded === 1, 'the upgrade to be tracked');
+  const said = readAll(socket);
+  await service.close({ timeout: 5_000 });
+  assert.equal(await said, 'going away');
+  assert.equal(service.stats.upgraded, 0);
+});
+
+test('an upgraded connection that ignores its signal is destroyed at the deadline', async (t) => {
+  const { service, port } = await startHttp(t, {
+    upgrade: (_req, socket) => {
+      socket.write(
+        'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n',
+      );
+    },
+  });
+  const socket = await upgradeRequest(port);
+  t.after(() => socket.destroy());
+  await waitFor(() => service.stats.upgraded === 1, 'the upgrade to be tracked');
+  await assert.rejects(service.close({ timeout: 200 }), ShutdownTimeoutError);
+  await once(socket, 'close');
+});
+
+test('without an upgrade handler an Upgrade request is an ordinary request, as in Node', async (t) => {
+  const { port } = await startHttp(t);
+  const reply = await new Promise<string>((resolve, reject) => {
+    http
+      .request(
+        { host: '127.0.0.1', port, headers: { connection: 'upgrade', upgrade: 'echo' } },
+        async (res) => resolve(await readAll(res)),
+      )
+      .on('error', reject)
+      .end();
+  });
+  assert.equal(reply, 'Hello world.');
+});
+
+test('bad options fail at construction, naming the option', () => {
+  const cases: [Partial<HttpServiceOptions>, RegExp][] = [
+    [{ port: 0 }, /handler must be a function, got undefined/],
+    [{ port: 0, handler: 'x' as unknown as () => void }, /handler must be a function, got "x"/],
+    [{ handler: hello }, /nowhere to listen/],
+    [
+      { port: 70_000, handler: hello },
+      /HttpService\.port must be an integer from 0 to 65535, got 70000/,
+    ],
+    [
+      { port: 0, handler: hello, idleGrace: -5 },
+      /idleGrace must be a non-negative integer \(ms\), got -5/,
+    ],
+    [
+      { port: 0, handler: hello, keepAliveTimeout: 1.5 },
+      /keepAliveTimeout must be a non-negative integer \(ms\)/,
+    ],
+    [{ port: 0, handler: hello, http2: 'yes' as unknown as boolean }, /http2 must be a boolean/],
+    [{ handler: hello, server: http.createServer() }, /the given server is not listening/],
+    [
+      { port: 0, handler: hello, tls, server: http.createServer() },
+      /give tls\/http2 or a server, not both/,
+    ],
+    [{ port: 0, server: http.createServer() }, /nothing handles requests/],
+    [
+      { port: 0, handler: hello, timeout: 5 } as Partial<HttpServiceOptions>,
+      /HttpService\.timeout is not a known option/,
+    ],
+  ];
+  for (const [options, message] of cases) {
+    assert.throws(
+      () => new HttpService({ registry: null, ...options } as HttpServiceOptions),
+      (err: unknown) => {
+        assert.ok(err instanceof Error && 'code' in err, `not a coded error: ${String(err)}`);
+        assert.match(err.message, message);
+        return true;
+      },
+    );
+  }
+  assert.throws(
+    () => new HttpService({ port: 0, handler: hello, registry: null, shutdownTimeout: -1 }),
+    InvalidOptionError,
+  );
+});
