@@ -104,6 +104,29 @@ export class ServiceFailedError extends BerthError {
 
 // --- runner -----------------------------------------------------------------------------------
 
+/** A service of a group failed to start; the services that had started were closed again. */
+export class StartFailedError extends BerthError {
+  static override readonly code = 'ERR_BERTH_START_FAILED';
+  readonly service: string;
+
+  constructor(service: string, cause: unknown) {
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    super(`${service} failed to start: ${reason}`, { cause });
+    this.service = service;
+  }
+}
+
+/** A shutdown hook (`beforeShutdown`, `afterClose`) ran past its time bound. */
+export class HookTimeoutError extends BerthError {
+  static override readonly code = 'ERR_BERTH_HOOK_TIMEOUT';
+  readonly hook: string;
+
+  constructor(hook: string, timeout: number) {
+    super(`${hook} did not finish within ${timeout} ms; shutdown went on without it`);
+    this.hook = hook;
+  }
+}
+
 // --- HTTP -------------------------------------------------------------------------------------
 
 // --- CLI --------------------------------------------------------------------------------------

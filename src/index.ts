@@ -2,6 +2,13 @@
  * berth's public API. Named exports only; everything a user needs is importable from 'berth'.
  */
 
+export {
+  DIAGNOSTICS_DEFAULTS,
+  DiagnosticsServer,
+  type DiagnosticsServerOptions,
+  findPackageVersion,
+  type Readiness,
+} from './diagnostics/diagnostics-server.js';
 export * from './errors.js';
 export {
   HTTP_SERVICE_DEFAULTS,
@@ -14,6 +21,17 @@ export {
   type UpgradeHandler,
 } from './http/http-service.js';
 export type { FdTarget, ListenTarget, PathTarget, PortTarget } from './listen.js';
+export {
+  type RunResult,
+  run,
+  SERVICE_GROUP_DEFAULTS,
+  ServiceGroup,
+  type ServiceGroupEvents,
+  type ServiceGroupOptions,
+  type ServiceOutcome,
+  type ShutdownInfo,
+  type StopReason,
+} from './runner/service-group.js';
 export type { CloseOptions, Service, ServiceState } from './service.js';
 export { isService } from './service.js';
 export {

@@ -1,0 +1,236 @@
+/**
+ * `DiagnosticsServer`: the endpoints probes and scrapers use. `/live` (the process runs),
+ * `/ready` (every service ready, with the version), `/metrics` (Prometheus text from
+ * prom-client), `/debug/vars` (JSON stats, like Go's expvar). It is an `HttpService`, bound to
+ * 127.0.0.1 by default since what it shows is for the operator, not the internet.
+ */
+
+import { readFileSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { dirname, join } from 'node:path';
+import { collectDefaultMetrics, type Registry } from 'prom-client';
+import { HttpService } from '../http/http-service.js';
+import type { FdTarget, PathTarget, PortTarget } from '../listen.js';
+import { defaultRegistry } from '../metrics.js';
+import {
+  optional,
+  rejectUnknownKeys,
+  validateBoolean,
+  validateFunction,
+  validateObject,
+  validateString,
+} from '../options.js';
+import type { CloseOptions, Service, ServiceState } from '../service.js';
+
+/** What `/ready` reports: `ready` answers 200, anything else 503. */
+export type Readiness = 'starting' | 'ready' | 'draining' | 'stopped';
+
+export interface DiagnosticsServerOptions extends Partial<PortTarget & PathTarget & FdTarget> {
+  /** @default 'diagnostics' */
+  name?: string;
+  /** Shown by `/ready` and `/debug/vars`. @default the version in the application's package.json */
+  version?: string;
+  /** Where `/ready` looks. Under a `ServiceGroup`, the group supplies it. @default always ready */
+  readiness?: () => Readiness;
+  /** What `/debug/vars` lists under `services`. Under a `ServiceGroup`, the group supplies it. */
+  stats?: () => Record<string, object>;
+  /** What `/metrics` serves. @default prom-client's global registry */
+  registry?: Registry;
+  /** Add prom-client's process metrics (CPU, memory, event loop lag, ...) to the registry once. @default true */
+  processMetrics?: boolean;
+  /** Default for `close()`'s `timeout`. @default 1000 (1 s): nothing here is slow */
+  shutdownTimeout?: number;
+}
+
+export const DIAGNOSTICS_DEFAULTS = Object.freeze({
+  name: 'diagnostics',
+  port: 8081,
+  host: '127.0.0.1', // operator-only by default
+  processMetrics: true,
+  shutdownTimeout: 1_000, // 1 s
+});
+
+const KNOWN_OPTIONS = [
+  'name',
+  'version',
+  'readiness',
+  'stats',
+  'registry',
+  'processMetrics',
+  'shutdownTimeout',
+  'port',
+  'host',
+  'backlog',
+  'ipv6Only',
+  'path',
+  'fd',
+] as const;
+
+const withProcessMetrics = new WeakSet<Registry>();
+
+/**
+ * The version of the application: the nearest package.json with a `version`, looking up from
+ * `from`. Returns 'unknown' when there is none.
+ */
+export function findPackageVersion(from: string): string {
+  let dir = from;
+  for (;;) {
+    try {
+      const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as {
+        version?: unknown;
+      };
+      if (typeof pkg.version === 'string') return pkg.version;
+    } catch {
+      // no package.json here, or not JSON: keep looking up
+    }
+    const parent = dirname(dir);
+    if (parent === dir) return 'unknown';
+    dir = parent;
+  }
+}
+
+function send(res: ServerResponse, status: number, type: string, body: string): void {
+  res.statusCode = status;
+  res.setHeader('content-type', type);
+  res.setHeader('cache-control', 'no-store');
+  res.end(body);
+}
+
+export class DiagnosticsServer implements Service {
+  readonly name: string;
+  readonly version: string;
+  readonly #http: HttpService;
+  readonly #registry: Registry;
+  #readiness: () => Readiness;
+  #stats: () => Record<string, object>;
+
+  constructor(options: DiagnosticsServerOptions = {}) {
+    validateObject(options, 'DiagnosticsServer options');
+    rejectUnknownKeys(options, 'DiagnosticsServer', KNOWN_OPTIONS);
+    this.name = optional(options.name, DIAGNOSTICS_DEFAULTS.name, (v) => validateString(v, 'name'));
+    this.version =
+      optional(options.version, undefined, (v) => validateString(v, 'version')) ??
+      findPackageVersion(process.cwd());
+    this.#readiness = optional(
+      options.readiness,
+      () => 'ready' as Readiness,
+      (v) => validateFunction<() => Readiness>(v, 'readiness'),
+    );
+    this.#stats = optional(
+      options.stats,
+      () => ({}),
+      (v) => validateFunction<() => Record<string, object>>(v, 'stats'),
+    );
+    this.#registry = options.registry ?? defaultRegistry;
+    const processMetrics = optional(
+      options.processMetrics,
+      DIAGNOSTICS_DEFAULTS.processMetrics,
+      (v) => validateBoolean(v, 'processMetrics'),
+    );
+    const { port, host, backlog, ipv6Only, path, fd } = options;
+    const where =
+      path !== undefined || fd !== undefined
+        ? { path, fd }
+        : {
+            port: port ?? DIAGNOSTICS_DEFAULTS.port,
+            host: host ?? DIAGNOSTICS_DEFAULTS.host,
+            backlog,
+            ipv6Only,
+          };
+    this.#http = new HttpService({
+      name: this.name,
+      ...Object.fromEntries(Object.entries(where).filter(([, v]) => v !== undefined)),
+      shutdownTimeout: options.shutdownTimeout ?? DIAGNOSTICS_DEFAULTS.shutdownTimeout,
+      // Probes and scrapers open a connection per request, or should; nothing to keep alive for.
+      idleGrace: 0,
+      // Scrapes are not traffic: counting them into the application's metrics would mislead.
+      registry: null,
+      handler: (req: IncomingMessage, res: ServerResponse) => this.#route(req, res),
+    });
+    if (processMetrics && !withProcessMetrics.has(this.#registry)) {
+      withProcessMetrics.add(this.#registry);
+      // Another part of the application may have added them already; prom-client would throw.
+      if (!this.#registry.getSingleMetric('process_cpu_user_seconds_total')) {
+        collectDefaultMetrics({ register: this.#registry });
+      }
+    }
+  }
+
+  /** Points `/ready` and `/debug/vars` at a group (the runner calls this). */
+  watch(sources: { readiness: () => Readiness; stats: () => Record<string, object> }): void {
+    this.#readiness = sources.readiness;
+    this.#stats = sources.stats;
+  }
+
+  get state(): ServiceState {
+    return this.#http.state;
+  }
+
+  get closed(): Promise<void> {
+    return this.#http.closed;
+  }
+
+  get stats(): object {
+    const { listening, address, requests, busy } = this.#http.stats;
+    return { listening, address, requests, busy };
+  }
+
+  address(): AddressInfo | string | null {
+    return this.#http.address();
+  }
+
+  start(): Promise<void> {
+    return this.#http.start();
+  }
+
+  close(options?: CloseOptions): Promise<void> {
+    return this.#http.close(options);
+  }
+
+  destroy(error?: Error): Promise<void> {
+    return this.#http.destroy(error);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  async #route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?', 1)[0];
+    const known =
+      path === '/live' || path === '/ready' || path === '/metrics' || path === '/debug/vars';
+    if (!known) return send(res, 404, 'text/plain; charset=utf-8', 'Not Found\n');
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.setHeader('allow', 'GET, HEAD');
+      return send(res, 405, 'text/plain; charset=utf-8', 'Method Not Allowed\n');
+    }
+    switch (path) {
+      case '/live':
+        return send(res, 200, 'text/plain; charset=utf-8', 'OK\n');
+      case '/ready': {
+        const readiness = this.#readiness();
+        const body = `Version: ${this.version}\n${readiness === 'ready' ? '' : `Status: ${readiness}\n`}`;
+        return send(res, readiness === 'ready' ? 200 : 503, 'text/plain; charset=utf-8', body);
+      }
+      case '/metrics':
+        return send(res, 200, this.#registry.contentType, await this.#registry.metrics());
+      default: {
+        const vars = {
+          version: this.version,
+          pid: process.pid,
+          cmdline: process.argv,
+          uptime: process.uptime(),
+          memstats: process.memoryUsage(),
+          services: this.#stats(),
+        };
+        return send(
+          res,
+          200,
+          'application/json; charset=utf-8',
+          `${JSON.stringify(vars, null, 2)}\n`,
+        );
+      }
+    }
+  }
+}
