@@ -131,6 +131,22 @@ export class HookTimeoutError extends BerthError {
 
 // --- CLI --------------------------------------------------------------------------------------
 
+/** The command line was wrong: an unknown flag, a bad value, a missing argument. Exit code 2. */
+export class UsageError extends BerthError {
+  static override readonly code = 'ERR_BERTH_USAGE';
+}
+
+/** `berth serve` could not load the module, or it exports nothing berth can run. Exit code 2. */
+export class InvalidModuleError extends BerthError {
+  static override readonly code = 'ERR_BERTH_INVALID_MODULE';
+  readonly module: string;
+
+  constructor(module: string, message: string, options?: BerthErrorOptions) {
+    super(`${module}: ${message}`, options);
+    this.module = module;
+  }
+}
+
 // --- task protocol ----------------------------------------------------------------------------
 
 // --- systemd ----------------------------------------------------------------------------------

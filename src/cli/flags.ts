@@ -1,0 +1,171 @@
+/**
+ * The CLI's flags: one table of them, parsed with node:util's parseArgs, checked into a typed
+ * object, or a `UsageError` naming the flag. Nothing here starts anything.
+ */
+
+import { parseArgs } from 'node:util';
+import { UsageError } from '../errors.js';
+
+/** `5s`, `500ms`, `2m`, `1h`, `1.5s`, or a bare number of milliseconds. */
+export function parseDuration(text: string, flag: string): number {
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
+  if (!match) {
+    throw new UsageError(
+      `${flag} must be a duration such as 5s, 500ms or 2m, got ${JSON.stringify(text)}`,
+    );
+  }
+  const unit = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }[match[2] ?? 'ms']!;
+  const ms = Math.round(Number(match[1]) * unit);
+  if (ms > 2 ** 31 - 1) throw new UsageError(`${flag} is too long: ${text}`);
+  return ms;
+}
+
+export function parsePort(text: string, flag: string): number {
+  if (!/^\d+$/.test(text) || Number(text) > 65_535) {
+    throw new UsageError(
+      `${flag} must be a port number from 0 to 65535, got ${JSON.stringify(text)}`,
+    );
+  }
+  return Number(text);
+}
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Flags every runner command takes (`demo`, `serve`). */
+export interface RunnerFlags {
+  host: string | undefined;
+  port: number;
+  diagHost: string;
+  diagPort: number;
+  shutdownTimeout: number;
+  drainDelay: number;
+  logLevel: LogLevel;
+  versionString: string | undefined;
+}
+
+/** Flags only the demo takes: the ports of its other services. */
+export interface DemoFlags extends RunnerFlags {
+  tcpPort: number;
+}
+
+const RUNNER_OPTIONS = {
+  host: { type: 'string' },
+  port: { type: 'string' },
+  'diag-host': { type: 'string' },
+  'diag-port': { type: 'string' },
+  'shutdown-timeout': { type: 'string' },
+  'drain-delay': { type: 'string' },
+  'log-level': { type: 'string' },
+  'version-string': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+const DEMO_OPTIONS = { ...RUNNER_OPTIONS, 'tcp-port': { type: 'string' } } as const;
+
+export const USAGE = `Usage:
+  berth demo [flags]             the example system: HTTP /hello, TCP echo, diagnostics
+  berth serve <module> [flags]   run a module's request listener or services
+  berth --version | --help
+
+Flags (demo and serve):
+  --host HOST                 interface for the services (demo: 127.0.0.1; serve: all)
+  --port PORT                 HTTP port (default 8080, or env PORT)
+  --diag-host HOST            diagnostics interface (default 127.0.0.1)
+  --diag-port PORT            diagnostics port (default 8081)
+  --shutdown-timeout DURATION budget for closing every service (default 5s)
+  --drain-delay DURATION      keep serving after /ready turns 503 (default 0)
+  --log-level LEVEL           fatal, error, warn, info, debug, trace, silent (default info)
+  --version-string TEXT       version shown by /ready (default: package.json's)
+  -h, --help                  this text
+
+Demo only:
+  --tcp-port PORT             TCP echo port (default 8000)
+
+Durations: 5s, 500ms, 2m, 1h, or a number of milliseconds.
+Exit codes: 0 clean drain; 1 a service failed or the deadline cut live work;
+2 bad usage; 128+n a second signal forced the exit.`;
+
+interface Parsed<T> {
+  flags: T;
+  positionals: string[];
+  help: boolean;
+}
+
+type Values = Record<string, string | boolean | undefined>;
+
+function parse(
+  args: string[],
+  options: typeof RUNNER_OPTIONS | typeof DEMO_OPTIONS,
+): { values: Values; positionals: string[] } {
+  try {
+    const { values, positionals } = parseArgs({
+      args,
+      options,
+      allowPositionals: true,
+      strict: true,
+    });
+    return { values: values as Values, positionals };
+  } catch (err) {
+    // parseArgs says e.g. "Unknown option '--prot'"; keep its words, drop its advice.
+    const message = (err as Error).message.split('. ')[0] ?? String(err);
+    throw new UsageError(message, { cause: err });
+  }
+}
+
+function runnerFlags(
+  values: Record<string, string | boolean | undefined>,
+  env: NodeJS.ProcessEnv,
+  defaultHost: string | undefined,
+): RunnerFlags {
+  const str = (name: string) => values[name] as string | undefined;
+  const logLevel = str('log-level') ?? 'info';
+  if (!LOG_LEVELS.includes(logLevel as LogLevel)) {
+    throw new UsageError(
+      `--log-level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`,
+    );
+  }
+  const port = str('port') ?? (env.PORT || undefined); // an empty PORT is no PORT
+  const host = str('host');
+  if (host === '') throw new UsageError('--host must not be empty');
+  return {
+    host: host ?? defaultHost,
+    port:
+      port === undefined
+        ? 8080
+        : parsePort(port, str('port') === undefined ? 'env PORT' : '--port'),
+    diagHost: str('diag-host') ?? '127.0.0.1',
+    diagPort: parsePort(str('diag-port') ?? '8081', '--diag-port'),
+    shutdownTimeout: parseDuration(str('shutdown-timeout') ?? '5s', '--shutdown-timeout'),
+    drainDelay: parseDuration(str('drain-delay') ?? '0', '--drain-delay'),
+    logLevel: logLevel as LogLevel,
+    versionString: str('version-string'),
+  };
+}
+
+export function parseDemoArgs(args: string[], env: NodeJS.ProcessEnv): Parsed<DemoFlags> {
+  const { values, positionals } = parse(args, DEMO_OPTIONS);
+  if (positionals.length > 0)
+    throw new UsageError(`berth demo takes no arguments, got ${JSON.stringify(positionals[0])}`);
+  const base = runnerFlags(values, env, '127.0.0.1');
+  return {
+    flags: {
+      ...base,
+      tcpPort: parsePort((values['tcp-port'] as string | undefined) ?? '8000', '--tcp-port'),
+    },
+    positionals,
+    help: values.help === true,
+  };
+}
+
+export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv): Parsed<RunnerFlags> {
+  const { values, positionals } = parse(args, RUNNER_OPTIONS);
+  if (values.help !== true && positionals.length !== 1) {
+    throw new UsageError(
+      positionals.length === 0
+        ? 'berth serve needs a module to run'
+        : `berth serve takes one module, got ${positionals.length}`,
+    );
+  }
+  return { flags: runnerFlags(values, env, undefined), positionals, help: values.help === true };
+}

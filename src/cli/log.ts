@@ -1,0 +1,70 @@
+/**
+ * The CLI's logs: pino JSON lines on stdout, human-readable when stdout is a terminal. The
+ * library emits events; this module is where they become one log line each.
+ */
+
+import { pino } from 'pino';
+import pretty from 'pino-pretty';
+import type { RunResult, ServiceGroup } from '../runner/service-group.js';
+import type { LogLevel } from './flags.js';
+
+export type Logger = pino.Logger;
+
+export function createLogger(level: LogLevel): Logger {
+  const options: pino.LoggerOptions = { level, base: { pid: process.pid }, name: 'berth' };
+  if (process.stdout.isTTY) {
+    // Synchronous, in this thread: a worker-thread transport could lose the last lines when a
+    // second signal exits the process at once.
+    return pino(options, pretty({ sync: true, colorize: true, singleLine: true, ignore: 'pid,hostname,name' }));
+  }
+  return pino(options, pino.destination({ dest: 1, sync: true }));
+}
+
+function errorFields(error: Error | undefined): object {
+  if (!error) return {};
+  const coded = error as Error & { code?: string };
+  return { err: { code: coded.code, message: error.message } };
+}
+
+/** One line for each step of the group's life: started, signal, draining, closed, complete. */
+export function logGroup(
+  group: ServiceGroup,
+  log: Logger,
+  settings: { shutdownTimeout: number; drainDelay: number },
+): void {
+  group.on('started', ({ services }) => {
+    log.info(
+      { services },
+      `started: ${services.map((s) => `${s.name} ${s.address ?? ''}`.trim()).join(', ')}`,
+    );
+  });
+  group.on('stopping', ({ reason, signal, error }) => {
+    if (signal) log.info({ signal }, `signal received: ${signal}`);
+    else log.info({ reason, ...errorFields(error) }, `stopping: ${reason}`);
+    log.info(settings, 'draining');
+  });
+  group.on('service-closed', ({ name, error, stats }) => {
+    const line = { service: name, stats, ...errorFields(error) };
+    if (error) log.warn(line, `service closed: ${name} (${error.message})`);
+    else log.info(line, `service closed: ${name}`);
+  });
+  group.on('hook-error', (error) => log.warn(errorFields(error), 'shutdown hook failed'));
+  group.on('forced', ({ signal }) => log.warn({ signal }, `forced exit: second signal ${signal}`));
+}
+
+export function logResult(log: Logger, result: RunResult): void {
+  const fields = {
+    reason: result.reason,
+    clean: result.clean,
+    exitCode: result.exitCode,
+    durationMs: result.duration,
+    ...errorFields(result.error),
+  };
+  if (result.reason === 'start-failed') log.error(fields, `start failed: ${result.error?.message}`);
+  else if (result.clean) log.info(fields, `shutdown complete in ${result.duration} ms`);
+  else
+    log.warn(
+      fields,
+      `shutdown complete in ${result.duration} ms, not clean: ${result.error?.message}`,
+    );
+}
