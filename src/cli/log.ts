@@ -15,7 +15,10 @@ export function createLogger(level: LogLevel): Logger {
   if (process.stdout.isTTY) {
     // Synchronous, in this thread: a worker-thread transport could lose the last lines when a
     // second signal exits the process at once.
-    return pino(options, pretty({ sync: true, colorize: true, singleLine: true, ignore: 'pid,hostname,name' }));
+    return pino(
+      options,
+      pretty({ sync: true, colorize: true, singleLine: true, ignore: 'pid,hostname,name' }),
+    );
   }
   return pino(options, pino.destination({ dest: 1, sync: true }));
 }

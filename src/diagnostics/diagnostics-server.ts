@@ -34,9 +34,14 @@ export interface DiagnosticsServerOptions extends Partial<PortTarget & PathTarge
   /** Where `/ready` looks. Under a `ServiceGroup`, the group supplies it. @default always ready */
   readiness?: () => Readiness;
   /** What `/debug/vars` lists under `services`. Under a `ServiceGroup`, the group supplies it. */
-  stats?: () => Record<string, object>;
+  stats?: () => Record<string, object> | Promise<Record<string, object>>;
   /** What `/metrics` serves. @default prom-client's global registry */
   registry?: Registry;
+  /**
+   * Produces the `/metrics` text instead of `registry.metrics()`: e.g. the cluster primary's
+   * aggregate of every worker. `registry` still gives the content type and the process metrics.
+   */
+  metrics?: () => Promise<string>;
   /** Add prom-client's process metrics (CPU, memory, event loop lag, ...) to the registry once. @default true */
   processMetrics?: boolean;
   /** Default for `close()`'s `timeout`. @default 1000 (1 s): nothing here is slow */
@@ -57,6 +62,7 @@ const KNOWN_OPTIONS = [
   'readiness',
   'stats',
   'registry',
+  'metrics',
   'processMetrics',
   'shutdownTimeout',
   'port',
@@ -102,8 +108,9 @@ export class DiagnosticsServer implements Service {
   readonly version: string;
   readonly #http: HttpService;
   readonly #registry: Registry;
-  #readiness: () => Readiness;
-  #stats: () => Record<string, object>;
+  readonly #readiness: () => Readiness;
+  readonly #stats: () => Record<string, object> | Promise<Record<string, object>>;
+  readonly #metrics: () => Promise<string>;
 
   constructor(options: DiagnosticsServerOptions = {}) {
     validateObject(options, 'DiagnosticsServer options');
@@ -120,9 +127,19 @@ export class DiagnosticsServer implements Service {
     this.#stats = optional(
       options.stats,
       () => ({}),
-      (v) => validateFunction<() => Record<string, object>>(v, 'stats'),
+      (v) =>
+        validateFunction<() => Record<string, object> | Promise<Record<string, object>>>(
+          v,
+          'stats',
+        ),
     );
     this.#registry = options.registry ?? defaultRegistry;
+    const registry = this.#registry;
+    this.#metrics = optional(
+      options.metrics,
+      () => registry.metrics(),
+      (v) => validateFunction<() => Promise<string>>(v, 'metrics'),
+    );
     const processMetrics = optional(
       options.processMetrics,
       DIAGNOSTICS_DEFAULTS.processMetrics,
@@ -155,12 +172,6 @@ export class DiagnosticsServer implements Service {
         collectDefaultMetrics({ register: this.#registry });
       }
     }
-  }
-
-  /** Points `/ready` and `/debug/vars` at a group (the runner calls this). */
-  watch(sources: { readiness: () => Readiness; stats: () => Record<string, object> }): void {
-    this.#readiness = sources.readiness;
-    this.#stats = sources.stats;
   }
 
   get state(): ServiceState {
@@ -214,7 +225,7 @@ export class DiagnosticsServer implements Service {
         return send(res, readiness === 'ready' ? 200 : 503, 'text/plain; charset=utf-8', body);
       }
       case '/metrics':
-        return send(res, 200, this.#registry.contentType, await this.#registry.metrics());
+        return send(res, 200, this.#registry.contentType, await this.#metrics());
       default: {
         const vars = {
           version: this.version,
@@ -222,7 +233,7 @@ export class DiagnosticsServer implements Service {
           cmdline: process.argv,
           uptime: process.uptime(),
           memstats: process.memoryUsage(),
-          services: this.#stats(),
+          services: await this.#stats(),
         };
         return send(
           res,

@@ -80,9 +80,9 @@ export interface ShutdownInfo {
 export interface ServiceGroupOptions {
   services: Service[];
   /**
-   * The diagnostics server: options to make one (`{ port: 8081 }`), or a service of your own.
-   * It stays up until every other service has closed, so `/ready` reports the drain, and closes
-   * last. A `DiagnosticsServer` is pointed at this group's readiness and stats.
+   * The diagnostics server: options to make one (`{ port: 8081 }`), which then reports this
+   * group's readiness and stats, or a service of your own. It stays up until every other
+   * service has closed, so `/ready` reports the drain, and closes last.
    */
   diagnostics?: DiagnosticsServerOptions | Service;
   /** Signals that start the shutdown; a second one forces it. `false`: none. @default ['SIGINT', 'SIGTERM', 'SIGQUIT'] */
@@ -208,12 +208,11 @@ export class ServiceGroup extends EventEmitter<ServiceGroupEvents> {
     const diagnostics =
       options.diagnostics === undefined || isService(options.diagnostics)
         ? options.diagnostics
-        : new DiagnosticsServer(
-            validateObject<DiagnosticsServerOptions>(options.diagnostics, 'diagnostics'),
-          );
-    if (diagnostics instanceof DiagnosticsServer) {
-      diagnostics.watch({ readiness: () => this.readiness, stats: () => this.stats });
-    }
+        : new DiagnosticsServer({
+            readiness: () => this.readiness,
+            stats: () => this.stats,
+            ...validateObject<DiagnosticsServerOptions>(options.diagnostics, 'diagnostics'),
+          });
     const all = diagnostics ? [...options.services, diagnostics] : options.services;
     const names = new Set<string>();
     all.forEach((service, i) => {
