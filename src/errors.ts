@@ -152,3 +152,43 @@ export class InvalidModuleError extends BerthError {
 // --- systemd ----------------------------------------------------------------------------------
 
 // --- cluster ----------------------------------------------------------------------------------
+
+/** A cluster worker exited, or took too long, before it reported ready. */
+export class WorkerStartError extends BerthError {
+  static override readonly code = 'ERR_BERTH_WORKER_START_FAILED';
+  readonly worker: number;
+  readonly pid: number;
+
+  constructor(worker: number, pid: number, reason: string) {
+    super(`worker ${worker} (pid ${pid}) ${reason}`);
+    this.worker = worker;
+    this.pid = pid;
+  }
+}
+
+/** Workers crashed too often (`crashLimit` within `crashWindow`): the pool stopped for good. */
+export class CrashLoopError extends BerthError {
+  static override readonly code = 'ERR_BERTH_CRASH_LOOP';
+
+  constructor(pool: string, crashes: number, window: number) {
+    super(`${pool}: ${crashes} worker crashes within ${window} ms; not restarting them again`);
+  }
+}
+
+/** A worker's drain was not clean: it exited non-zero, or was killed after its deadline. */
+export class WorkerExitError extends BerthError {
+  static override readonly code = 'ERR_BERTH_WORKER_EXIT';
+  readonly worker: number;
+  readonly exitCode: number;
+
+  constructor(worker: number, pid: number, exitCode: number) {
+    super(`worker ${worker} (pid ${pid}) exited with code ${exitCode} during shutdown`);
+    this.worker = worker;
+    this.exitCode = exitCode;
+  }
+}
+
+/** A reload stopped: a new worker did not become ready, or the pool was not running. */
+export class ReloadError extends BerthError {
+  static override readonly code = 'ERR_BERTH_RELOAD_FAILED';
+}

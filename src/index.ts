@@ -3,6 +3,21 @@
  */
 
 export {
+  type ClusterOptions,
+  createClusterPrimary,
+  resolveWorkers,
+  runCluster,
+} from './cluster/cluster.js';
+export { runWorker, type WorkerOptions } from './cluster/worker.js';
+export {
+  WORKER_POOL_DEFAULTS,
+  type WorkerInfo,
+  WorkerPool,
+  type WorkerPoolEvents,
+  type WorkerPoolOptions,
+  type WorkerPoolStats,
+} from './cluster/worker-pool.js';
+export {
   DIAGNOSTICS_DEFAULTS,
   DiagnosticsServer,
   type DiagnosticsServerOptions,

@@ -3,6 +3,7 @@
  * object, or a `UsageError` naming the flag. Nothing here starts anything.
  */
 
+import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { UsageError } from '../errors.js';
 
@@ -29,6 +30,16 @@ export function parsePort(text: string, flag: string): number {
   return Number(text);
 }
 
+export function parseWorkers(text: string): number {
+  if (text === 'auto') return availableParallelism();
+  if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > 1024) {
+    throw new UsageError(
+      `--workers must be a number from 1 to 1024 or auto, got ${JSON.stringify(text)}`,
+    );
+  }
+  return Number(text);
+}
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
@@ -42,6 +53,9 @@ export interface RunnerFlags {
   drainDelay: number;
   logLevel: LogLevel;
   versionString: string | undefined;
+  /** 1: no cluster. */
+  workers: number;
+  readyTimeout: number;
 }
 
 /** Flags only the demo takes: the ports of its other services. */
@@ -58,6 +72,8 @@ const RUNNER_OPTIONS = {
   'drain-delay': { type: 'string' },
   'log-level': { type: 'string' },
   'version-string': { type: 'string' },
+  workers: { type: 'string' },
+  'ready-timeout': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -77,12 +93,15 @@ Flags (demo and serve):
   --drain-delay DURATION      keep serving after /ready turns 503 (default 0)
   --log-level LEVEL           fatal, error, warn, info, debug, trace, silent (default info)
   --version-string TEXT       version shown by /ready (default: package.json's)
+  --workers N|auto            run N worker processes (auto: one per CPU; default 1, no cluster)
+  --ready-timeout DURATION    a new worker must be ready within this (default 30s)
   -h, --help                  this text
 
 Demo only:
   --tcp-port PORT             TCP echo port (default 8000)
 
 Durations: 5s, 500ms, 2m, 1h, or a number of milliseconds.
+With --workers, SIGHUP replaces the workers one at a time without dropping a request.
 Exit codes: 0 clean drain; 1 a service failed or the deadline cut live work;
 2 bad usage; 128+n a second signal forced the exit.`;
 
@@ -140,6 +159,8 @@ function runnerFlags(
     drainDelay: parseDuration(str('drain-delay') ?? '0', '--drain-delay'),
     logLevel: logLevel as LogLevel,
     versionString: str('version-string'),
+    workers: parseWorkers(str('workers') ?? '1'),
+    readyTimeout: parseDuration(str('ready-timeout') ?? '30s', '--ready-timeout'),
   };
 }
 

@@ -5,6 +5,7 @@
 
 import { pino } from 'pino';
 import pretty from 'pino-pretty';
+import type { WorkerPool } from '../cluster/worker-pool.js';
 import type { RunResult, ServiceGroup } from '../runner/service-group.js';
 import type { LogLevel } from './flags.js';
 
@@ -70,4 +71,37 @@ export function logResult(log: Logger, result: RunResult): void {
       fields,
       `shutdown complete in ${result.duration} ms, not clean: ${result.error?.message}`,
     );
+}
+
+/** The cluster primary's own lines: workers ready, crashed, replaced; reloads. */
+export function logPool(pool: WorkerPool, group: ServiceGroup, log: Logger): void {
+  group.once('started', () => {
+    const { workers, size } = pool.stats;
+    const services = workers[0]?.services ?? [];
+    log.info(
+      { workers: size, pids: workers.map((w) => w.pid), services },
+      `workers ready: ${size} x ${services.map((s) => `${s.name} ${s.address ?? ''}`.trim()).join(', ')}`,
+    );
+  });
+  pool.on('worker-crashed', ({ id, pid, code, restartIn }) => {
+    if (restartIn === undefined)
+      log.error(
+        { worker: id, pid, code },
+        `worker ${id} crashed (exit ${code}): crash loop, stopping`,
+      );
+    else
+      log.warn(
+        { worker: id, pid, code, restartIn },
+        `worker ${id} crashed (exit ${code}); replacing it in ${restartIn} ms`,
+      );
+  });
+  pool.on('reload-started', ({ workers }) =>
+    log.info({ workers }, `reload: replacing ${workers} workers one at a time`),
+  );
+  pool.on('reloaded', ({ replaced, duration }) =>
+    log.info({ replaced, durationMs: duration }, `reload complete in ${duration} ms`),
+  );
+  pool.on('reload-failed', (error) =>
+    log.error(errorFields(error), `reload stopped, old workers keep serving: ${error.message}`),
+  );
 }

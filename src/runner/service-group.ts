@@ -179,7 +179,7 @@ export class ServiceGroup extends EventEmitter<ServiceGroupEvents> {
   readonly services: readonly Service[];
   readonly diagnostics: Service | undefined;
   readonly #signals: readonly NodeJS.Signals[];
-  readonly #shutdownTimeout: number;
+  #shutdownTimeout: number;
   readonly #drainDelay: number;
   readonly #hookTimeout: number;
   readonly #beforeShutdown: ServiceGroupOptions['beforeShutdown'];
@@ -300,8 +300,18 @@ export class ServiceGroup extends EventEmitter<ServiceGroupEvents> {
     return out;
   }
 
-  /** Starts the shutdown from code (e.g. an idle timer); `run()` then resolves as usual. */
-  stop(reason: 'requested' | 'idle' = 'requested'): void {
+  /**
+   * Starts the shutdown from code (e.g. an idle timer); `run()` then resolves as usual.
+   * `shutdownTimeout` replaces the configured one for this shutdown (a cluster worker gets its
+   * budget from the primary).
+   */
+  stop(
+    reason: 'requested' | 'idle' = 'requested',
+    options: { shutdownTimeout?: number } = {},
+  ): void {
+    if (options.shutdownTimeout !== undefined) {
+      this.#shutdownTimeout = validateDuration(options.shutdownTimeout, 'shutdownTimeout');
+    }
     this.#requestStop({ reason });
   }
 
