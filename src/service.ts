@@ -47,6 +47,12 @@ export interface Service {
   close(options?: CloseOptions): Promise<void>;
   /** Abrupt: stop now, destroy everything live. Idempotent. */
   destroy(error?: Error): Promise<void>;
+  /**
+   * Optional: stop accepting new connections now, and nothing more; `close()` follows. The
+   * runner calls it on every service just before closing them, so all listeners stop together
+   * (a cluster needs every worker to stop accepting before any tells its clients to leave).
+   */
+  stopAccepting?(): void;
 }
 
 /** True when `value` has the members the runner needs to run it. */

@@ -161,16 +161,20 @@ test('N workers serve; /metrics sums every worker; /debug/vars lists each', asyn
   assert.equal(await exitWithin(c.child, 15_000), 0);
 });
 
-test('SIGTERM under load drains every worker and loses no request', async (t) => {
-  const c = await startCluster(t);
-  const run = load(c.http, 50);
-  await sleep(500);
-  c.child.proc.kill('SIGTERM');
-  await run.done();
-  assert.deepEqual(run.failed, []);
-  assert.ok(run.ok > 100, `too little load: ${run.ok}`);
-  assert.equal(await exitWithin(c.child, 15_000), 0);
-});
+// Seen once on a loaded machine before the stop-accepting barrier: resets of connections the
+// primary had accepted but not handed over. Three runs, to catch it if it comes back.
+for (let run = 1; run <= 3; run++) {
+  test(`SIGTERM under load drains every worker and loses no request (run ${run} of 3)`, async (t) => {
+    const c = await startCluster(t);
+    const run = load(c.http, 50);
+    await sleep(500);
+    c.child.proc.kill('SIGTERM');
+    await run.done();
+    assert.deepEqual(run.failed, []);
+    assert.ok(run.ok > 100, `too little load: ${run.ok}`);
+    assert.equal(await exitWithin(c.child, 15_000), 0);
+  });
+}
 
 test('SIGHUP under load replaces every worker and loses no request', async (t) => {
   const c = await startCluster(t);
@@ -222,7 +226,8 @@ test('a crash loop stops the service with exit code 1', async (t) => {
 });
 
 test('a new worker that never becomes ready stops the reload; the old workers keep serving', async (t) => {
-  const c = await startCluster(t, ['--ready-timeout', '1s']);
+  // Long enough for a first start on a loaded machine; the hung worker still fails it.
+  const c = await startCluster(t, ['--ready-timeout', '5s']);
   const before = (await workers(c.diag)).map((w) => w.pid).sort();
   writeFileSync(c.hangFile, ''); // the reload's new worker never becomes ready
   c.child.proc.kill('SIGHUP');

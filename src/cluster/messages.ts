@@ -22,6 +22,16 @@ export interface DrainingMessage {
   berth: 'draining';
 }
 
+/** Primary → worker: stop accepting connections, then say so; the drain comes next. */
+export interface StopAcceptingMessage {
+  berth: 'stop-accepting';
+}
+
+/** Worker → primary: every listener of this worker is closed. */
+export interface StoppedAcceptingMessage {
+  berth: 'stopped-accepting';
+}
+
 /** Primary → worker: drain and exit, within `timeout` ms. */
 export interface ShutdownMessage {
   berth: 'shutdown';
@@ -41,8 +51,8 @@ export interface ReplyMessage {
   data: Record<string, object> | MetricObjectWithValues<MetricValue<string>>[];
 }
 
-export type WorkerMessage = ReadyMessage | DrainingMessage | ReplyMessage;
-export type PrimaryMessage = ShutdownMessage | AskMessage;
+export type WorkerMessage = ReadyMessage | DrainingMessage | StoppedAcceptingMessage | ReplyMessage;
+export type PrimaryMessage = StopAcceptingMessage | ShutdownMessage | AskMessage;
 
 export function isBerthMessage<T extends { berth: string }>(value: unknown): value is T {
   return (

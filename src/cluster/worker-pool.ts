@@ -493,11 +493,35 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> implements Servic
     await this.#startPromise?.catch(noop);
     this.#stopRestarts();
     const live = this.#alive();
+    // With round-robin, the primary holds the listening socket until the last worker closes its
+    // listener, and resets the connections it accepted meanwhile and had not handed over yet.
+    // So every worker stops accepting first (new clients are then refused cleanly by the
+    // kernel), and only then does any worker tell its keep-alive clients to reconnect.
+    const ask = Math.min(timeout, WORKER_POOL_DEFAULTS.askTimeout);
+    await Promise.all(live.map((e) => this.#stopAccepting(e, ask)));
     const codes = await Promise.all(live.map((e) => this.#retire(e, timeout)));
     const failed = codes.findIndex((code) => code !== 0);
     if (failed === -1) return undefined;
     const entry = live[failed]!;
     return new WorkerExitError(entry.worker.id, entry.pid, codes[failed]!);
+  }
+
+  /** Asks a worker to close its listeners; resolves on its answer, or after `timeout`. */
+  #stopAccepting(entry: Entry, timeout: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        entry.worker.off('message', onMessage);
+        resolve();
+      };
+      const onMessage = (message: unknown) => {
+        if (isBerthMessage<WorkerMessage>(message) && message.berth === 'stopped-accepting') done();
+      };
+      const timer = setTimeout(done, timeout);
+      entry.worker.on('message', onMessage);
+      void entry.exited.then(done);
+      this.#send(entry, { berth: 'stop-accepting' });
+    });
   }
 
   #alive(): Entry[] {

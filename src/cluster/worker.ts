@@ -52,7 +52,12 @@ export async function runWorker(services: Service[], options: WorkerOptions = {}
 
   process.on('message', async (message: unknown) => {
     if (!isBerthMessage<PrimaryMessage>(message)) return;
-    if (message.berth === 'shutdown') {
+    if (message.berth === 'stop-accepting') {
+      // A listener's close reaches the primary as an IPC message of Node's own, sent before
+      // this reply on the same channel: when the primary reads the reply, it knows.
+      for (const service of services) service.stopAccepting?.();
+      send({ berth: 'stopped-accepting' });
+    } else if (message.berth === 'shutdown') {
       group.stop('requested', { shutdownTimeout: message.timeout });
     } else if (message.berth === 'ask') {
       const data = message.what === 'stats' ? group.stats : await registry.getMetricsAsJSON();

@@ -16,7 +16,6 @@ import type { Duplex } from 'node:stream';
 import { type TlsOptions, Server as TlsServer } from 'node:tls';
 import type { Histogram, Registry } from 'prom-client';
 import {
-  ServiceClosedError,
   ServiceClosingError,
   ServiceDestroyedError,
   ServiceFailedError,
@@ -25,14 +24,13 @@ import {
 import { Lifecycle } from '../lifecycle.js';
 import {
   type FdTarget,
-  formatAddress,
   LISTEN_KEYS,
   type ListenTarget,
-  listenOn,
   type PathTarget,
   type PortTarget,
   parseListenTarget,
 } from '../listen.js';
+import { Listener } from '../listener.js';
 import { defaultRegistry, exportStats, type StatMetric, sharedHistogram } from '../metrics.js';
 import {
   optional,
@@ -166,7 +164,6 @@ const KNOWN_OPTIONS = [
   ...LISTEN_KEYS,
 ] as const;
 
-const listeningChannel = channel('berth:http:listening');
 const errorChannel = channel('berth:http:error');
 const drainChannel = channel('berth:http:drain');
 const closeChannel = channel('berth:http:close');
@@ -297,9 +294,7 @@ export class HttpService implements Service {
   #aborted = 0;
   #dropped = 0;
   readonly #classes = [0, 0, 0, 0, 0, 0];
-  #listening = false;
-  #address = '';
-  #startPromise: Promise<void> | undefined;
+  readonly #listener: Listener;
 
   constructor(options: HttpServiceOptions) {
     validateObject(options, 'HttpService options');
@@ -381,7 +376,6 @@ export class HttpService implements Service {
     server.on(httpConnectionEvent, (socket: Socket) => this.#onHttpSocket(socket));
     server.on('session', (session: http2.ServerHttp2Session) => this.#onSession(session));
     server.on('drop', () => this.#dropped++);
-    server.on('error', (err: NodeJS.ErrnoException) => this.#onServerError(err));
     // Our listener must see each request before the application's, to count and mark it.
     server.prependListener('request', (req: AnyRequest, res: AnyResponse) =>
       this.#onRequest(req, res),
@@ -406,13 +400,19 @@ export class HttpService implements Service {
     }
     if (this.#upgrade)
       server.on('upgrade', (req, socket, head) => this.#runUpgrade(req, socket, head));
-    if (server.listening) this.#markListening();
-
     this.#lifecycle = new Lifecycle(
       () => this.#isIdle(),
       signal,
       () => this.close(),
     );
+    this.#listener = new Listener({
+      name: this.name,
+      component: 'http',
+      server,
+      target: this.#target,
+      lifecycle: this.#lifecycle,
+      onFailure: (error) => void this.destroy(error),
+    });
     const registry = options.registry === undefined ? defaultRegistry : options.registry;
     if (registry) {
       exportStats(registry, this.name, () => this.stats, HTTP_METRICS);
@@ -448,8 +448,8 @@ export class HttpService implements Service {
       busy: this.#inflight.size,
       count: this.#count,
       error: this.#errors,
-      listening: this.#listening ? 1 : 0,
-      address: this.#address,
+      listening: this.#listener.listening ? 1 : 0,
+      address: this.#listener.address,
       open: this.#connections.size,
       requests: this.#requests,
       responses: { '1xx': c[1]!, '2xx': c[2]!, '3xx': c[3]!, '4xx': c[4]!, '5xx': c[5]! },
@@ -464,38 +464,12 @@ export class HttpService implements Service {
   }
 
   start(): Promise<void> {
-    const state = this.#lifecycle.state;
-    if (this.#startPromise && (state === 'starting' || state === 'ready'))
-      return this.#startPromise;
-    if (state !== 'starting') {
-      return Promise.reject(new ServiceClosedError(`${this.name}: cannot start a closed service`));
-    }
-    this.#startPromise = this.#start();
-    return this.#startPromise;
+    return this.#listener.start();
   }
 
-  async #start(): Promise<void> {
-    if (!this.#server.listening) {
-      try {
-        await listenOn(this.#server, this.#target!);
-      } catch (err) {
-        this.#lifecycle.fail(err as Error);
-        throw err;
-      }
-    }
-    if (this.#lifecycle.state !== 'starting') {
-      this.#stopListening();
-      throw new ServiceClosedError(`${this.name}: closed while starting`);
-    }
-    this.#markListening();
-    this.#lifecycle.ready();
-    if (listeningChannel.hasSubscribers)
-      listeningChannel.publish({ service: this.name, address: this.#address });
-  }
-
-  #markListening(): void {
-    this.#listening = true;
-    this.#address = formatAddress(this.#server.address());
+  /** Stops accepting connections (the listening socket closes); `close()` does the rest. */
+  stopAccepting(): void {
+    this.#listener.stop();
   }
 
   close(options: CloseOptions = {}): Promise<void> {
@@ -508,7 +482,7 @@ export class HttpService implements Service {
   destroy(error?: Error): Promise<void> {
     return this.#lifecycle.destroy(() => {
       this.#draining = true;
-      this.#stopListening();
+      this.#listener.stop();
       const reason = error ?? new ServiceDestroyedError(`${this.name} was destroyed`);
       const live = this.#connections.size;
       this.#closing.abort(reason);
@@ -523,11 +497,11 @@ export class HttpService implements Service {
   }
 
   async #drain(timeout: number): Promise<Error | undefined> {
-    await this.#startPromise?.catch(noop);
+    await this.#listener.started();
     this.#draining = true;
     // 1. Stop taking connections. net.Server's own close, not http's: http.Server#close also
     //    reaps idle keep-alive sockets at once, which is the race this drain exists to avoid.
-    this.#stopListening();
+    this.#listener.stop();
     if (drainChannel.hasSubscribers) {
       drainChannel.publish({
         service: this.name,
@@ -560,11 +534,6 @@ export class HttpService implements Service {
     return this.#connections.size === 0 && this.#inflight.size === 0;
   }
 
-  #stopListening(): void {
-    if (this.#server.listening) NetServer.prototype.close.call(this.#server, noop);
-    this.#listening = false;
-  }
-
   #destroyAll(): void {
     for (const session of this.#sessions) session.destroy();
     for (const socket of this.#upgraded) socket.destroy();
@@ -581,17 +550,6 @@ export class HttpService implements Service {
   #publishClose(error: Error | undefined): void {
     if (closeChannel.hasSubscribers)
       closeChannel.publish({ service: this.name, error, stats: this.stats });
-  }
-
-  #onServerError(err: NodeJS.ErrnoException): void {
-    if (err.syscall === 'accept') {
-      if (errorChannel.hasSubscribers) errorChannel.publish({ service: this.name, error: err });
-      return;
-    }
-    if (this.#lifecycle.state === 'starting' && !this.#listening) return; // listenOn reports it
-    void this.destroy(
-      new ServiceFailedError(this.name, `listener failed: ${err.message}`, { cause: err }),
-    );
   }
 
   #onConnection(socket: Socket): void {

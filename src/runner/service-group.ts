@@ -449,6 +449,8 @@ export class ServiceGroup extends EventEmitter<ServiceGroupEvents> {
     ]);
 
     const deadline = Date.now() + this.#shutdownTimeout;
+    // Every listener stops at once, before any service starts telling its clients to leave.
+    for (const service of this.services) service.stopAccepting?.();
     const outcomes = await Promise.all(
       this.services.map((s) => this.#closeOne(s, this.#shutdownTimeout)),
     );

@@ -9,7 +9,6 @@ import { createServer, Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Registry } from 'prom-client';
 import {
-  ServiceClosedError,
   ServiceClosingError,
   ServiceDestroyedError,
   ServiceFailedError,
@@ -18,14 +17,13 @@ import {
 import { Lifecycle } from '../lifecycle.js';
 import {
   type FdTarget,
-  formatAddress,
   LISTEN_KEYS,
   type ListenTarget,
-  listenOn,
   type PathTarget,
   type PortTarget,
   parseListenTarget,
 } from '../listen.js';
+import { Listener } from '../listener.js';
 import { defaultRegistry, exportStats, type StatMetric } from '../metrics.js';
 import {
   optional,
@@ -121,7 +119,6 @@ const KNOWN_OPTIONS = [
   ...LISTEN_KEYS,
 ] as const;
 
-const listeningChannel = channel('berth:tcp:listening');
 const connectionChannel = channel('berth:tcp:connection');
 const errorChannel = channel('berth:tcp:error');
 const closeChannel = channel('berth:tcp:close');
@@ -227,10 +224,7 @@ export class TcpService implements Service {
   #count = 0;
   #errors = 0;
   #dropped = 0;
-  #acceptErrors = 0;
-  #listening = false;
-  #address = '';
-  #startPromise: Promise<void> | undefined;
+  readonly #listener: Listener;
 
   constructor(options: TcpServiceOptions) {
     validateObject(options, 'TcpService options');
@@ -268,14 +262,19 @@ export class TcpService implements Service {
     if (Number.isFinite(maxConnections)) this.#server.maxConnections = maxConnections;
     this.#server.on('connection', (socket: Socket) => this.#onConnection(socket));
     this.#server.on('drop', () => this.#dropped++);
-    this.#server.on('error', (err: NodeJS.ErrnoException) => this.#onServerError(err));
-    if (this.#server.listening) this.#markListening();
-
     this.#lifecycle = new Lifecycle(
       () => this.#isIdle(),
       signal,
       () => this.close(),
     );
+    this.#listener = new Listener({
+      name: this.name,
+      component: 'tcp',
+      server: this.#server,
+      target: this.#target,
+      lifecycle: this.#lifecycle,
+      onFailure: (error) => void this.destroy(error),
+    });
     if (registry) exportStats(registry, this.name, () => this.stats, TCP_METRICS);
   }
 
@@ -292,11 +291,11 @@ export class TcpService implements Service {
       busy: this.#busy,
       count: this.#count,
       error: this.#errors,
-      listening: this.#listening ? 1 : 0,
-      address: this.#address,
+      listening: this.#listener.listening ? 1 : 0,
+      address: this.#listener.address,
       open: this.#connections.size,
       dropped: this.#dropped,
-      acceptErrors: this.#acceptErrors,
+      acceptErrors: this.#listener.acceptErrors,
     };
   }
 
@@ -306,40 +305,12 @@ export class TcpService implements Service {
   }
 
   start(): Promise<void> {
-    const state = this.#lifecycle.state;
-    if (this.#startPromise && (state === 'starting' || state === 'ready'))
-      return this.#startPromise;
-    if (state !== 'starting') {
-      return Promise.reject(new ServiceClosedError(`${this.name}: cannot start a closed service`));
-    }
-    this.#startPromise = this.#start();
-    return this.#startPromise;
+    return this.#listener.start();
   }
 
-  async #start(): Promise<void> {
-    if (!this.#server.listening) {
-      try {
-        await listenOn(this.#server, this.#target!);
-      } catch (err) {
-        this.#lifecycle.fail(err as Error);
-        throw err;
-      }
-    }
-    // close() or destroy() may have run while we waited for the listener.
-    if (this.#lifecycle.state !== 'starting') {
-      this.#server.close(noop);
-      throw new ServiceClosedError(`${this.name}: closed while starting`);
-    }
-    this.#markListening();
-    this.#lifecycle.ready();
-    if (listeningChannel.hasSubscribers) {
-      listeningChannel.publish({ service: this.name, address: this.#address });
-    }
-  }
-
-  #markListening(): void {
-    this.#listening = true;
-    this.#address = formatAddress(this.#server.address());
+  /** Stops accepting connections (the listening socket closes); `close()` does the rest. */
+  stopAccepting(): void {
+    this.#listener.stop();
   }
 
   close(options: CloseOptions = {}): Promise<void> {
@@ -351,7 +322,7 @@ export class TcpService implements Service {
 
   destroy(error?: Error): Promise<void> {
     return this.#lifecycle.destroy(() => {
-      this.#stopListening();
+      this.#listener.stop();
       const reason = error ?? new ServiceDestroyedError(`${this.name} was destroyed`);
       const live = this.#connections.size + this.#busy;
       this.#abortAll(reason);
@@ -368,8 +339,8 @@ export class TcpService implements Service {
   /** The graceful path: returns the error to settle `close()`/`closed` with, if any. */
   async #drain(timeout: number): Promise<Error | undefined> {
     // A start under way finishes first, so there is a listener to close.
-    await this.#startPromise?.catch(noop);
-    this.#stopListening();
+    await this.#listener.started();
+    this.#listener.stop();
     this.#abortAll(new ServiceClosingError(`${this.name} is closing`));
     const finished = await this.#lifecycle.waitUntilIdle(timeout);
     let error: Error | undefined;
@@ -386,11 +357,6 @@ export class TcpService implements Service {
     return this.#busy === 0 && this.#connections.size === 0;
   }
 
-  #stopListening(): void {
-    if (this.#server.listening) this.#server.close(noop);
-    this.#listening = false;
-  }
-
   #abortAll(reason: Error): void {
     this.#closing.abort(reason);
     for (const conn of this.#connections) conn.controller?.abort(reason);
@@ -399,20 +365,6 @@ export class TcpService implements Service {
   #publishClose(error: Error | undefined): void {
     if (closeChannel.hasSubscribers)
       closeChannel.publish({ service: this.name, error, stats: this.stats });
-  }
-
-  #onServerError(err: NodeJS.ErrnoException): void {
-    if (err.syscall === 'accept') {
-      // libuv keeps the listener open and, on EMFILE/ENFILE, sheds the queued connections it
-      // cannot take rather than spinning; accepting resumes by itself once descriptors free up.
-      this.#acceptErrors++;
-      if (errorChannel.hasSubscribers) errorChannel.publish({ service: this.name, error: err });
-      return;
-    }
-    if (this.#lifecycle.state === 'starting' && !this.#listening) return; // listenOn reports it
-    void this.destroy(
-      new ServiceFailedError(this.name, `listener failed: ${err.message}`, { cause: err }),
-    );
   }
 
   #onConnection(socket: Socket): void {
