@@ -7,6 +7,20 @@ export type { FdTarget, ListenTarget, PathTarget, PortTarget } from './listen.js
 export type { CloseOptions, Service, ServiceState } from './service.js';
 export { isService } from './service.js';
 export {
+  CONNECTION_FD_NAME,
+  describeListenFds,
+  findListenFd,
+  findListenFds,
+  LISTEN_FDS_DEFAULTS,
+  LISTEN_FDS_START,
+  type ListenFd,
+  type ListenFdsOptions,
+  listenFdAt,
+  listenFds,
+  selectListenFd,
+  UNKNOWN_FD_NAME,
+} from './systemd/listen-fds.js';
+export {
   type ConnectionContext,
   type ConnectionHandler,
   TCP_SERVICE_DEFAULTS,
