@@ -21,6 +21,18 @@ export {
   UNKNOWN_FD_NAME,
 } from './systemd/listen-fds.js';
 export {
+  classifyRow,
+  findInetRow,
+  findUnixRow,
+  type InspectSocketOptions,
+  inspectSocket,
+  type SocketInfo,
+  type SocketKind,
+  type SocketRow,
+  type SocketTable,
+  socketInode,
+} from './systemd/socket-kind.js';
+export {
   type ConnectionContext,
   type ConnectionHandler,
   TCP_SERVICE_DEFAULTS,
