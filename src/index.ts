@@ -21,6 +21,21 @@ export {
   UNKNOWN_FD_NAME,
 } from './systemd/listen-fds.js';
 export {
+  formatNotifyMessage,
+  loadNotifyAddon,
+  NOTIFIER_DEFAULTS,
+  Notifier,
+  type NotifierOptions,
+  type NotifierStats,
+  type NotifyEnv,
+  type NotifyFields,
+  type NotifyTransportName,
+  notifySocketAddress,
+  parseNotifyEnv,
+  statusText,
+  watchdogPingInterval,
+} from './systemd/notify.js';
+export {
   classifyRow,
   findInetRow,
   findUnixRow,
