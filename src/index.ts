@@ -7,6 +7,14 @@ export type { FdTarget, ListenTarget, PathTarget, PortTarget } from './listen.js
 export type { CloseOptions, Service, ServiceState } from './service.js';
 export { isService } from './service.js';
 export {
+  ACCEPTED_CONNECTION_DEFAULTS,
+  type AcceptedConnection,
+  type AcceptedConnectionOptions,
+  acceptedConnection,
+  isConnectionFd,
+  serveOneConnection,
+} from './systemd/accepted-connection.js';
+export {
   CONNECTION_FD_NAME,
   describeListenFds,
   findListenFd,

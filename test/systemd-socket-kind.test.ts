@@ -1,7 +1,15 @@
 import assert from 'node:assert/strict';
 import { createSocket } from 'node:dgram';
 import { once } from 'node:events';
-import { closeSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import {
+  closeSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import {
   type AddressInfo,
   createServer,
@@ -161,4 +169,33 @@ test('inspecting never disturbs the socket: the connection still carries data', 
   });
   client.write('still here');
   await waitFor(() => got === 'still here', 'the echo');
+});
+
+test('a long table is read in runs of lines; a row across a run boundary is still found', (t) => {
+  // A fake procfs: fd 7 links to socket:[424242], whose row sits past 256 KiB of TIME_WAIT rows,
+  // straddling the boundary between two reads.
+  const proc = mkdtempSync(join(tmpdir(), 'berth-proc-'));
+  t.after(() => rmSync(proc, { recursive: true, force: true }));
+  mkdirSync(join(proc, 'self', 'fd'), { recursive: true });
+  mkdirSync(join(proc, 'self', 'net'));
+  symlinkSync('socket:[424242]', join(proc, 'self', 'fd', '7'));
+  symlinkSync('socket:[515151]', join(proc, 'self', 'fd', '8'));
+  const filler = (i: number) =>
+    `${String(i).padStart(6)}: 0100007F:819A 0100007F:8BE3 06 00000000:00000000 03:00000A09 00000000     0        0 0 3 0000000046718811\n`;
+  let text =
+    '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';
+  let i = 0;
+  while (text.length < 256 * 1024 - 40) text += filler(i++);
+  text += `${String(i).padStart(6)}: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 424242 1 0000000046718812\n`;
+  while (text.length < 600 * 1024) text += filler(++i);
+  writeFileSync(join(proc, 'self', 'net', 'tcp'), text);
+  writeFileSync(join(proc, 'self', 'net', 'unix'), UNIX);
+  assert.deepEqual(inspectSocket(7, { proc }), {
+    fd: 7,
+    kind: 'connected',
+    inode: 424242,
+    table: 'tcp',
+  });
+  assert.deepEqual(inspectSocket(8, { proc }), { fd: 8, kind: 'unknown', inode: 515151 });
+  assert.equal(inspectSocket(9, { proc }).kind, 'closed');
 });

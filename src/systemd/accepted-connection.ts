@@ -16,7 +16,7 @@ import {
   validateInteger,
   validateObject,
 } from '../options.js';
-import { LISTEN_FDS_START } from './listen-fds.js';
+import { CONNECTION_FD_NAME, LISTEN_FDS_START, type ListenFd } from './listen-fds.js';
 import { inspectSocket, type SocketKind } from './socket-kind.js';
 
 export interface AcceptedConnectionOptions {
@@ -141,14 +141,26 @@ function tracksConnections(server: NetServer): boolean {
 export function serveOneConnection(server: NetServer, socket: Socket): Promise<void> {
   validateInstance(server, 'server', NetServer, 'a net.Server (or http.Server)');
   validateInstance(socket, 'socket', Socket, 'a net.Socket');
-  const ended = new Promise<void>((resolve) => {
-    if (socket.destroyed) resolve();
-    else socket.once('close', () => resolve());
-  });
+  if (socket.destroyed) return Promise.resolve();
+  const ended = new Promise<void>((resolve) => socket.once('close', () => resolve()));
   if (!server.listening && tracksConnections(server) && !trackingOn.has(server)) {
     trackingOn.add(server);
     server.emit('listening');
   }
   server.emit('connection', socket);
   return ended;
+}
+
+/**
+ * Whether a passed fd is a connection (Accept=yes) rather than a listener (Accept=no). What /proc
+ * says decides; when it cannot say (`unknown`), the fd's name does: systemd names an Accept=yes
+ * connection `connection`. (`systemd-socket-activate -a` sets no names, but /proc knows its fds.)
+ */
+export function isConnectionFd(
+  listenFd: ListenFd,
+  kind: SocketKind = inspectSocket(listenFd.fd).kind,
+): boolean {
+  if (kind === 'connected') return true;
+  if (kind === 'unknown') return listenFd.name === CONNECTION_FD_NAME;
+  return false;
 }

@@ -10,7 +10,7 @@
  * reads the files.
  */
 
-import { existsSync, readFileSync, readlinkSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readlinkSync, readSync } from 'node:fs';
 
 /**
  * - `listening`: a stream socket in the listening state (adopt it: `server.listen({ fd })`).
@@ -62,13 +62,30 @@ export function socketInode(linkTarget: string): number | undefined {
 }
 
 /**
+ * The lines of `text` that carry ` inode ` as a field: found with `indexOf`, since a busy host's
+ * `/proc/net/tcp` runs to a hundred thousand lines (TIME_WAIT sockets included).
+ */
+function* candidateLines(text: string, inode: number): Generator<string[]> {
+  const needle = ` ${inode} `;
+  let from = 0;
+  for (;;) {
+    const at = text.indexOf(needle, from);
+    if (at === -1) return;
+    const start = text.lastIndexOf('\n', at) + 1;
+    let end = text.indexOf('\n', at);
+    if (end === -1) end = text.length;
+    yield text.slice(start, end).trim().split(/\s+/);
+    from = end;
+  }
+}
+
+/**
  * Finds `inode` in the text of `/proc/net/tcp`, `tcp6`, `udp` or `udp6`
  * (`sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...`).
  */
 export function findInetRow(text: string, inode: number): SocketRow | undefined {
   const wanted = String(inode);
-  for (const line of text.split('\n')) {
-    const fields = line.trim().split(/\s+/);
+  for (const fields of candidateLines(text, inode)) {
     if (fields[9] !== wanted || !/^\d+:$/.test(fields[0] ?? '')) continue;
     return { inode, state: Number.parseInt(fields[3] ?? '', 16) };
   }
@@ -78,8 +95,7 @@ export function findInetRow(text: string, inode: number): SocketRow | undefined 
 /** Finds `inode` in the text of `/proc/net/unix` (`Num RefCount Protocol Flags Type St Inode Path`). */
 export function findUnixRow(text: string, inode: number): SocketRow | undefined {
   const wanted = String(inode);
-  for (const line of text.split('\n')) {
-    const fields = line.trim().split(/\s+/);
+  for (const fields of candidateLines(`${text}\n`.replaceAll('\n', ' \n'), inode)) {
     if (fields[6] !== wanted || !/^[0-9a-f]+:$/i.test(fields[0] ?? '')) continue;
     return {
       inode,
@@ -115,8 +131,46 @@ export function classifyRow(table: SocketTable, row: SocketRow): SocketKind {
   }
 }
 
-/** The tables searched, in order: listeners handed over are mostly TCP. */
-const TABLES: readonly SocketTable[] = ['tcp', 'tcp6', 'unix', 'udp', 'udp6'];
+/**
+ * The tables searched, in order: unix first, as it is short where tcp can be long; then the
+ * streams a service manager hands over; datagrams last.
+ */
+const TABLES: readonly SocketTable[] = ['unix', 'tcp', 'tcp6', 'udp', 'udp6'];
+
+const CHUNK = 256 * 1024;
+
+/**
+ * Feeds a `/proc/net` table to `find` in runs of whole lines, stopping at the first match. The
+ * kernel lists listening sockets first, so finding a listener rarely reads past the first run.
+ */
+function scanTable(
+  path: string,
+  find: (text: string) => SocketRow | undefined,
+): SocketRow | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch {
+    return undefined; // no IPv6, say
+  }
+  try {
+    const buffer = Buffer.allocUnsafe(CHUNK);
+    let carry = '';
+    for (;;) {
+      const n = readSync(fd, buffer, 0, CHUNK, null);
+      if (n === 0) return carry ? find(carry) : undefined;
+      const text = carry + buffer.toString('latin1', 0, n);
+      const cut = text.lastIndexOf('\n') + 1;
+      carry = text.slice(cut);
+      const row = cut > 0 ? find(text.slice(0, cut)) : undefined;
+      if (row) return row;
+    }
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
+}
 
 export interface InspectSocketOptions {
   /** Where procfs is mounted. @default '/proc' */
@@ -147,13 +201,8 @@ export function inspectSocket(fd: number, options: InspectSocketOptions = {}): S
   const inode = socketInode(link);
   if (inode === undefined) return { fd, kind: 'not-a-socket' };
   for (const table of TABLES) {
-    let text: string;
-    try {
-      text = readFileSync(`${proc}/self/net/${table}`, 'latin1');
-    } catch {
-      continue; // no IPv6, say
-    }
-    const row = table === 'unix' ? findUnixRow(text, inode) : findInetRow(text, inode);
+    const find = table === 'unix' ? findUnixRow : findInetRow;
+    const row = scanTable(`${proc}/self/net/${table}`, (text) => find(text, inode));
     if (row) return { fd, kind: classifyRow(table, row), inode, table };
   }
   return { fd, kind: 'unknown', inode };
