@@ -3,6 +3,15 @@
  */
 
 export * from './errors.js';
+export {
+  type Activity,
+  IDLE_TRACKER_DEFAULTS,
+  type IdleClock,
+  type IdleStats,
+  IdleTracker,
+  type IdleTrackerOptions,
+  systemClock,
+} from './idle/idle-tracker.js';
 export type { FdTarget, ListenTarget, PathTarget, PortTarget } from './listen.js';
 export type { CloseOptions, Service, ServiceState } from './service.js';
 export { isService } from './service.js';
