@@ -164,10 +164,7 @@ test('launcher: asking for a name that was not passed fails, listing what was', 
     names: 'http',
   });
   assert.notEqual(await exitWithin(child, 15_000), 0);
-  assert.match(
-    child.stderr(),
-    /no listen fd named "tasks"; passed: 3 \(http\)/,
-  );
+  assert.match(child.stderr(), /no listen fd named "tasks"; passed: 3 \(http\)/);
 });
 
 /** The launcher as Accept=yes: accept one connection, hand it over at fd 3 (or 0/1 inetd). */
