@@ -144,16 +144,31 @@ interface Addon {
 
 let addon: Addon | Error | undefined;
 
+/**
+ * Where the addon may be, relative to this module (src/systemd and dist/systemd are both two
+ * levels below the package root): built at install, then the copy prebuilt for this platform
+ * that the published package carries.
+ */
+const ADDON_PATHS = [
+  '../../build/Release/berth_notify.node',
+  `../../prebuilds/${process.platform}-${process.arch}/berth_notify.node`,
+];
+
 /** berth's sd_notify addon, loaded once, on first need; or why it could not be. */
 export function loadNotifyAddon(): Addon | Error {
   if (addon === undefined) {
-    try {
-      // src/systemd and dist/systemd are both two levels below the package root.
-      const require = createRequire(import.meta.url);
-      addon = require('../../build/Release/berth_notify.node') as Addon;
-    } catch (err) {
-      addon = err as Error;
+    const require = createRequire(import.meta.url);
+    const failures: string[] = [];
+    for (const path of ADDON_PATHS) {
+      try {
+        addon = require(path) as Addon;
+        break;
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        failures.push(e.code === 'MODULE_NOT_FOUND' ? `no ${path}` : `${path}: ${e.message}`);
+      }
     }
+    addon ??= new Error(`berth's sd_notify addon is not available (${failures.join('; ')})`);
   }
   return addon;
 }
@@ -339,8 +354,7 @@ export class Notifier {
     let transport: Transport | undefined;
     if (wanted !== 'command') {
       const native = loadNotifyAddon();
-      if (native instanceof Error)
-        reasons.push(`the addon is not built (${native.message.split('\n')[0]})`);
+      if (native instanceof Error) reasons.push(native.message);
       else if (!notifySocketAddress(parsed.socket!))
         reasons.push('the addon sends only to a path or @name');
       else transport = nativeTransport(native);
