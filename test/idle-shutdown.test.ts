@@ -51,9 +51,9 @@ test('a TcpService stays up while a connection is active, and closes idleTimeout
 });
 
 test('every new connection restarts the idle clock', async (t) => {
-  const { service, port } = await idleEcho(t, 400);
+  const { service, port } = await idleEcho(t, 1_000);
   for (let i = 0; i < 4; i++) {
-    await sleep(200); // half the timeout, four times: 800 ms in all
+    await sleep(300); // under a third of the timeout, four times: 1.2 s in all
     const c = await connect(t, port);
     c.end('x');
     c.resume();

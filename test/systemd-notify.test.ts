@@ -227,10 +227,12 @@ test('the watchdog pings at half of WATCHDOG_USEC, and only when it is on for th
   const got = await receiver.received(3);
   assert.ok(got.every((d) => d.data === 'WATCHDOG=1' && d.pid === process.pid));
   notifier.close();
-  await sleep(50); // a ping already handed over may still land
-  const settled = receiver.datagrams().length;
-  await sleep(400);
-  assert.equal(receiver.datagrams().length, settled, 'close stops the pings');
+  await sleep(20); // a ping whose timer had fired is still sent
+  const sent = notifier.stats.sent;
+  await receiver.received(sent);
+  await sleep(400); // four ping intervals
+  assert.equal(notifier.stats.sent, sent, 'close stops the pings');
+  assert.equal(receiver.datagrams().length, sent);
   assert.equal(notifier.stats.watchdogInterval, 0);
 
   const other = new Notifier({ env: { ...env, WATCHDOG_PID: '1' } });
