@@ -151,6 +151,66 @@ export class InvalidModuleError extends BerthError {
 
 // --- systemd ----------------------------------------------------------------------------------
 
+/**
+ * `LISTEN_FDS`, `LISTEN_PID` or `LISTEN_FDNAMES` is malformed: not a number, or more names than
+ * descriptors. (A `LISTEN_PID` for another process is not an error: those fds are not ours.)
+ */
+export class ListenFdsError extends BerthError {
+  static override readonly code = 'ERR_BERTH_LISTEN_FDS_INVALID';
+  /** The variable at fault, e.g. `LISTEN_FDS`. */
+  readonly variable: string;
+
+  constructor(variable: string, message: string, options?: BerthErrorOptions) {
+    super(message, options);
+    this.variable = variable;
+  }
+}
+
+/** A listen fd was asked for by name or position, and the service manager passed none such. */
+export class ListenFdNotFoundError extends BerthError {
+  static override readonly code = 'ERR_BERTH_LISTEN_FD_NOT_FOUND';
+  /** The name or position asked for. */
+  readonly selector: string | number;
+
+  constructor(selector: string | number, message: string, options?: BerthErrorOptions) {
+    super(message, options);
+    this.selector = selector;
+  }
+}
+
+/** The fd handed over as one accepted connection is not a connected stream socket. */
+export class NotAConnectionError extends BerthError {
+  static override readonly code = 'ERR_BERTH_NOT_A_CONNECTION';
+  readonly fd: number;
+
+  constructor(fd: number, message: string, options?: BerthErrorOptions) {
+    super(message, options);
+    this.fd = fd;
+  }
+}
+
+/** `NOTIFY_SOCKET` is set, but there is no way to send to it (no addon, no `systemd-notify`). */
+export class NotifyUnavailableError extends BerthError {
+  static override readonly code = 'ERR_BERTH_NOTIFY_UNAVAILABLE';
+}
+
+/** An sd_notify message could not be delivered to `NOTIFY_SOCKET`. */
+export class NotifyError extends BerthError {
+  static override readonly code = 'ERR_BERTH_NOTIFY_FAILED';
+}
+
+/** The reason an `IdleTracker`'s signal carries: nothing was active for `idleTimeout` ms. */
+export class IdleTimeoutError extends BerthError {
+  static override readonly code = 'ERR_BERTH_IDLE_TIMEOUT';
+  /** The configured idle timeout (ms). */
+  readonly idleTimeout: number;
+
+  constructor(idleTimeout: number, options?: BerthErrorOptions) {
+    super(`idle for ${idleTimeout} ms with nothing active`, options);
+    this.idleTimeout = idleTimeout;
+  }
+}
+
 // --- cluster ----------------------------------------------------------------------------------
 
 /** A cluster worker exited, or took too long, before it reported ready. */

@@ -35,6 +35,15 @@ export {
   type UpgradeContext,
   type UpgradeHandler,
 } from './http/http-service.js';
+export {
+  type Activity,
+  IDLE_TRACKER_DEFAULTS,
+  type IdleClock,
+  type IdleStats,
+  IdleTracker,
+  type IdleTrackerOptions,
+  systemClock,
+} from './idle/idle-tracker.js';
 export type { FdTarget, ListenTarget, PathTarget, PortTarget } from './listen.js';
 export {
   type RunResult,
@@ -49,6 +58,55 @@ export {
 } from './runner/service-group.js';
 export type { CloseOptions, Service, ServiceState } from './service.js';
 export { isService } from './service.js';
+export {
+  ACCEPTED_CONNECTION_DEFAULTS,
+  type AcceptedConnection,
+  type AcceptedConnectionOptions,
+  acceptedConnection,
+  isConnectionFd,
+  serveOneConnection,
+} from './systemd/accepted-connection.js';
+export {
+  CONNECTION_FD_NAME,
+  describeListenFds,
+  findListenFd,
+  findListenFds,
+  LISTEN_FDS_DEFAULTS,
+  LISTEN_FDS_START,
+  type ListenFd,
+  type ListenFdsOptions,
+  listenFdAt,
+  listenFds,
+  selectListenFd,
+  UNKNOWN_FD_NAME,
+} from './systemd/listen-fds.js';
+export {
+  formatNotifyMessage,
+  loadNotifyAddon,
+  NOTIFIER_DEFAULTS,
+  Notifier,
+  type NotifierOptions,
+  type NotifierStats,
+  type NotifyEnv,
+  type NotifyFields,
+  type NotifyTransportName,
+  notifySocketAddress,
+  parseNotifyEnv,
+  statusText,
+  watchdogPingInterval,
+} from './systemd/notify.js';
+export {
+  classifyRow,
+  findInetRow,
+  findUnixRow,
+  type InspectSocketOptions,
+  inspectSocket,
+  type SocketInfo,
+  type SocketKind,
+  type SocketRow,
+  type SocketTable,
+  socketInode,
+} from './systemd/socket-kind.js';
 export {
   type ConnectionContext,
   type ConnectionHandler,
