@@ -4,7 +4,7 @@
  * taken address the same way and leaves nothing half-open when listening fails.
  */
 
-import type { AddressInfo, Server } from 'node:net';
+import { type AddressInfo, type Server, Socket } from 'node:net';
 import { AddressInUseError, InvalidOptionError, ListenError } from './errors.js';
 import { describe, validateInteger, validatePort, validateString } from './options.js';
 
@@ -140,4 +140,29 @@ export function listenOn(server: Server, target: ListenTarget): Promise<void> {
       reject(new ListenError(describeTarget(target), e.code ?? e.message, { cause: err }));
     }
   });
+}
+
+/**
+ * A service's `connection` option: one already-accepted connection to serve instead of
+ * listening (Accept=yes, inetd). It excludes every other way of listening.
+ */
+export function parseConnection(
+  options: { connection?: unknown; server?: unknown },
+  target: ListenTarget | undefined,
+  owner: string,
+): Socket | undefined {
+  if (options.connection === undefined) return undefined;
+  if (!(options.connection instanceof Socket)) {
+    throw new InvalidOptionError(
+      `${owner}.connection`,
+      `${owner}.connection must be a net.Socket, got ${describe(options.connection)}`,
+    );
+  }
+  if (target || options.server !== undefined) {
+    throw new InvalidOptionError(
+      `${owner}.connection`,
+      `${owner}: give connection alone, not with port, path, fd or server`,
+    );
+  }
+  return options.connection;
 }

@@ -5,10 +5,11 @@
  */
 
 import { channel } from 'node:diagnostics_channel';
-import { Server } from 'node:net';
+import { Server, type Socket } from 'node:net';
 import { ServiceClosedError, ServiceFailedError } from './errors.js';
 import type { Lifecycle } from './lifecycle.js';
 import { formatAddress, type ListenTarget, listenOn } from './listen.js';
+import { serveOneConnection } from './systemd/accepted-connection.js';
 
 export interface ListenerOptions {
   /** The service's name, for errors and events. */
@@ -16,8 +17,14 @@ export interface ListenerOptions {
   /** Channel prefix: events go to `berth:<component>:listening` and `berth:<component>:error`. */
   component: string;
   server: Server;
-  /** Where to listen, unless the server already listens. */
+  /** Where to listen, unless the server already listens or `connection` is given. */
   target: ListenTarget | undefined;
+  /**
+   * Serve this one already-accepted connection instead of listening (systemd's Accept=yes,
+   * inetd). The service is ready at once, and `onConnectionEnded` runs when it has closed.
+   */
+  connection?: Socket | undefined;
+  onConnectionEnded?: () => void;
   lifecycle: Lifecycle;
   /** The listener failed after it was listening: the service must stop. */
   onFailure: (error: Error) => void;
@@ -67,7 +74,17 @@ export class Listener {
   }
 
   async #start(): Promise<void> {
-    const { server, target, lifecycle, name } = this.#options;
+    const { server, target, lifecycle, name, connection } = this.#options;
+    if (connection) {
+      lifecycle.ready();
+      const peer = connection.remoteAddress;
+      this.#address = peer
+        ? `connection from ${formatAddress({ address: peer, port: connection.remotePort ?? 0, family: '' })}`
+        : 'one connection';
+      // After ready(): the server's own 'connection' listeners see a ready service.
+      void serveOneConnection(server, connection).then(() => this.#options.onConnectionEnded?.());
+      return;
+    }
     if (!server.listening) {
       try {
         await listenOn(server, target!);

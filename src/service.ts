@@ -20,6 +20,12 @@ export interface CloseOptions {
   timeout?: number;
 }
 
+/** Where a service reports the work it begins and ends (an `IdleTracker` is one). */
+export interface ActivitySink {
+  /** Work began; call `end()` on the result when it ends (once; later calls do nothing). */
+  begin(): { end(): void };
+}
+
 export interface Service {
   /** Unique within a runner; used as the `service` label of every metric. */
   readonly name: string;
@@ -53,6 +59,11 @@ export interface Service {
    * (a cluster needs every worker to stop accepting before any tells its clients to leave).
    */
   stopAccepting?(): void;
+  /**
+   * Optional: report each piece of work (a connection whose handler runs, a request in flight,
+   * a task) to `sink` from now on. The runner calls it when `idleTimeout` is set.
+   */
+  trackActivity?(sink: ActivitySink): void;
 }
 
 /** True when `value` has the members the runner needs to run it. */

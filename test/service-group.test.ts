@@ -302,3 +302,31 @@ test('bad options fail at construction', () => {
     /services must be an array/,
   );
 });
+
+test('idleTimeout: with nothing active the group stops with reason idle and exit code 0', async (t) => {
+  const tcp = new TcpService({
+    name: 'idle',
+    port: 0,
+    host: '127.0.0.1',
+    registry: null,
+    handler: async (conn) => {
+      await once(conn, 'end');
+    },
+  });
+  const { group: g } = group(t, { services: [tcp], idleTimeout: 300 });
+  const running = g.run();
+  await once(g, 'started');
+  // An open connection whose handler runs is activity: the group stays up past the timeout.
+  const client = await connect(t, portOf(tcp));
+  await sleep(600);
+  assert.equal(g.readiness, 'ready');
+  const ended = Date.now();
+  client.end();
+  const result = await running;
+  assert.equal(result.reason, 'idle');
+  assert.equal(result.exitCode, 0);
+  assert.ok(
+    Date.now() - ended >= 250,
+    'stopped before idleTimeout had passed since the last activity',
+  );
+});

@@ -5,10 +5,12 @@
 
 import { addAbortListener } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { HttpService } from '../http/http-service.js';
+import { UsageError } from '../errors.js';
+import { HttpService, type UpgradeHandler } from '../http/http-service.js';
 import type { Service } from '../service.js';
 import { type ConnectionHandler, TcpService } from '../tcp/tcp-service.js';
 import type { DemoFlags } from './flags.js';
+import type { Placement } from './placement.js';
 
 /** The longest `/sleep` the demo grants, so a typo cannot hold a drain for ever. */
 const MAX_SLEEP_MS = 60_000;
@@ -27,9 +29,24 @@ export function demoHandler(req: IncomingMessage, res: ServerResponse): void {
     setTimeout(() => res.end(`slept ${ms} ms\n`), ms);
   } else {
     res.statusCode = 404;
-    res.end('Not Found: try /hello or /sleep?ms=1000\n');
+    res.end('Not Found: try /hello, /sleep?ms=1000, or Upgrade: echo\n');
   }
 }
+
+/**
+ * `Upgrade: echo` switches the connection to a raw echo, the way a WebSocket holds a socket open;
+ * on shutdown it says goodbye and closes.
+ */
+export const echoUpgrade: UpgradeHandler = (req, socket, head, { signal }) => {
+  if (req.headers.upgrade?.toLowerCase() !== 'echo') {
+    socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\nUpgrade: echo only\n');
+    return;
+  }
+  socket.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n');
+  if (head.length > 0) socket.write(head);
+  socket.pipe(socket);
+  signal.addEventListener('abort', () => socket.end('goodbye\n'), { once: true });
+};
 
 /** Echoes until the peer ends; when the service closes: flush what was echoed, end, stop reading. */
 export const echoHandler: ConnectionHandler = async (conn, { signal }) => {
@@ -42,9 +59,33 @@ export const echoHandler: ConnectionHandler = async (conn, { signal }) => {
   }
 };
 
-export function demoServices(flags: DemoFlags): Service[] {
-  return [
-    new HttpService({ name: 'http', port: flags.port, host: flags.host, handler: demoHandler }),
-    new TcpService({ name: 'echo', port: flags.tcpPort, host: flags.host, handler: echoHandler }),
-  ];
+/**
+ * The demo's services, each where `placement` puts it: an adopted fd of its name, the one
+ * accepted connection (then only the service that serves it), or its flag's port.
+ */
+export function demoServices(flags: DemoFlags, placement: Placement): Service[] {
+  const make: Record<string, () => Service> = {
+    http: () =>
+      new HttpService({
+        name: 'http',
+        ...placement.listen('http', { port: flags.port, host: flags.host }),
+        handler: demoHandler,
+        upgrade: echoUpgrade,
+      }),
+    echo: () =>
+      new TcpService({
+        name: 'echo',
+        ...placement.listen('echo', { port: flags.tcpPort, host: flags.host }),
+        handler: echoHandler,
+      }),
+  };
+  const one = placement.oneConnection;
+  if (!one) return Object.values(make).map((build) => build());
+  const build = make[one.service];
+  if (!build) {
+    throw new UsageError(
+      `--connection-service ${one.service}: the demo has no such service (${Object.keys(make).join(', ')})`,
+    );
+  }
+  return [build()];
 }

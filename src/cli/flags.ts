@@ -30,6 +30,18 @@ export function parsePort(text: string, flag: string): number {
   return Number(text);
 }
 
+function nonEmpty(text: string | undefined, flag: string): string | undefined {
+  if (text === '') throw new UsageError(`${flag} must not be empty`);
+  return text;
+}
+
+function idleTimeout(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const ms = parseDuration(text, '--idle-timeout');
+  if (ms === 0) throw new UsageError('--idle-timeout must be longer than 0');
+  return ms;
+}
+
 export function parseWorkers(text: string): number {
   if (text === 'auto') return availableParallelism();
   if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > 1024) {
@@ -56,6 +68,14 @@ export interface RunnerFlags {
   /** 1: no cluster. */
   workers: number;
   readyTimeout: number;
+  /** Shut down after this long with nothing active; undefined: never. */
+  idleTimeout: number | undefined;
+  /** The adopted fd (name or position) the HTTP service listens on. */
+  listenFd: string | undefined;
+  /** The connection is on fd 0/1 (inetd style). */
+  inetd: boolean;
+  /** Which service serves the one connection of Accept=yes or --inetd. */
+  connectionService: string;
 }
 
 /** Flags only the demo takes: the ports of its other services. */
@@ -74,6 +94,10 @@ const RUNNER_OPTIONS = {
   'version-string': { type: 'string' },
   workers: { type: 'string' },
   'ready-timeout': { type: 'string' },
+  'idle-timeout': { type: 'string' },
+  'listen-fd': { type: 'string' },
+  inetd: { type: 'boolean' },
+  'connection-service': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -95,6 +119,13 @@ Flags (demo and serve):
   --version-string TEXT       version shown by /ready (default: package.json's)
   --workers N|auto            run N worker processes (auto: one per CPU; default 1, no cluster)
   --ready-timeout DURATION    a new worker must be ready within this (default 30s)
+  --idle-timeout DURATION     exit 0 after this long with nothing active (default: never)
+
+systemd (socket activation):
+  --listen-fd NAME|N          the HTTP service listens on the passed fd of that name or position
+                              (other services take the fd named like them, automatically)
+  --inetd                     the one connection to serve is on fd 0/1 (StandardInput=socket)
+  --connection-service NAME   which service serves that connection, or Accept=yes's (default http)
   -h, --help                  this text
 
 Demo only:
@@ -132,7 +163,7 @@ function parse(
   }
 }
 
-function runnerFlags(
+function parseRunnerFlags(
   values: Record<string, string | boolean | undefined>,
   env: NodeJS.ProcessEnv,
   defaultHost: string | undefined,
@@ -161,7 +192,23 @@ function runnerFlags(
     versionString: str('version-string'),
     workers: parseWorkers(str('workers') ?? '1'),
     readyTimeout: parseDuration(str('ready-timeout') ?? '30s', '--ready-timeout'),
+    idleTimeout: idleTimeout(str('idle-timeout')),
+    listenFd: nonEmpty(str('listen-fd'), '--listen-fd'),
+    inetd: values.inetd === true,
+    connectionService: nonEmpty(str('connection-service'), '--connection-service') ?? 'http',
   };
+}
+
+function runnerFlags(
+  values: Values,
+  env: NodeJS.ProcessEnv,
+  defaultHost: string | undefined,
+): RunnerFlags {
+  const flags = parseRunnerFlags(values, env, defaultHost);
+  if (flags.workers > 1 && flags.idleTimeout !== undefined) {
+    throw new UsageError('--idle-timeout runs one process: it cannot be combined with --workers');
+  }
+  return flags;
 }
 
 export function parseDemoArgs(args: string[], env: NodeJS.ProcessEnv): Parsed<DemoFlags> {

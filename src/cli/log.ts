@@ -11,19 +11,29 @@ import type { LogLevel } from './flags.js';
 
 export type Logger = pino.Logger;
 
-export function createLogger(level: LogLevel): Logger {
+/**
+ * A logger on stdout, or on stderr (`toStderr`) when stdout is not ours: in inetd style it is
+ * the client's connection.
+ */
+export function createLogger(level: LogLevel, { toStderr = false } = {}): Logger {
   const options: pino.LoggerOptions = { level, base: { pid: process.pid }, name: 'berth' };
-  if (process.stdout.isTTY) {
+  const stream = toStderr ? process.stderr : process.stdout;
+  if (stream.isTTY) {
     // Synchronous, in this thread: a worker-thread transport could lose the last lines when a
     // second signal exits the process at once.
     return pino(
       options,
-      pretty({ sync: true, colorize: true, singleLine: true, ignore: 'pid,hostname,name' }),
+      pretty({
+        sync: true,
+        colorize: true,
+        singleLine: true,
+        ignore: 'pid,hostname,name',
+        destination: toStderr ? 2 : 1,
+      }),
     );
   }
-  return pino(options, pino.destination({ dest: 1, sync: true }));
+  return pino(options, pino.destination({ dest: toStderr ? 2 : 1, sync: true }));
 }
-
 function errorFields(error: Error | undefined): object {
   if (!error) return {};
   const coded = error as Error & { code?: string };

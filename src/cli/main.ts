@@ -17,6 +17,7 @@ import type { Service } from '../service.js';
 import { demoServices } from './demo.js';
 import { parseDemoArgs, parseServeArgs, type RunnerFlags, USAGE } from './flags.js';
 import { createLogger, type Logger, logGroup, logPool, logResult } from './log.js';
+import { encodeFds, INHERITED_FDS_ENV, type Placement, placeServices } from './placement.js';
 import { loadModule, toServable } from './serve.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -24,41 +25,78 @@ const ownVersion = (): string =>
   (JSON.parse(readFileSync(join(here, '..', '..', 'package.json'), 'utf8')) as { version: string })
     .version;
 
+/** Builds the services of a command, placed where the service manager's sockets say. */
+type Build = (placement: Placement) => Promise<Service[] | ServiceGroup>;
+
 /** Runs services (or a group) under the runner with the CLI's flags; resolves with the exit code. */
 async function runGroup(
   servable: Service[] | ServiceGroup,
+  placement: Placement,
   flags: RunnerFlags,
   version: string,
   log: Logger,
 ): Promise<number> {
-  const group =
-    servable instanceof ServiceGroup
-      ? servable
-      : new ServiceGroup({
-          services: servable,
-          diagnostics: { port: flags.diagPort, host: flags.diagHost, version },
-          shutdownTimeout: flags.shutdownTimeout,
-          drainDelay: flags.drainDelay,
-        });
+  const one = placement.oneConnection;
+  let group: ServiceGroup;
+  if (servable instanceof ServiceGroup) {
+    if (one)
+      throw new UsageError(
+        'a ServiceGroup export cannot serve one accepted connection; export services',
+      );
+    group = servable;
+  } else {
+    const services = one ? servable.filter((s) => s.name === one.service) : servable;
+    if (one && services.length === 0) {
+      throw new UsageError(
+        `--connection-service ${one.service}: no service of that name (${servable.map((s) => s.name).join(', ')})`,
+      );
+    }
+    group = new ServiceGroup({
+      services,
+      // One process per connection: a diagnostics port would clash between instances.
+      ...(one
+        ? {}
+        : {
+            diagnostics: {
+              ...placement.listen('diagnostics', { port: flags.diagPort, host: flags.diagHost }),
+              version,
+            },
+          }),
+      shutdownTimeout: flags.shutdownTimeout,
+      drainDelay: flags.drainDelay,
+      ...(flags.idleTimeout === undefined ? {} : { idleTimeout: flags.idleTimeout }),
+    });
+  }
+  warnUnused(placement, log);
   logGroup(group, log, { shutdownTimeout: flags.shutdownTimeout, drainDelay: flags.drainDelay });
   const result = await group.run();
   logResult(log, result);
   return result.exitCode;
 }
 
+function warnUnused(placement: Placement, log: Logger): void {
+  for (const { fd, name } of placement.unused()) {
+    log.warn(
+      { fd, name },
+      `fd ${fd} (${name}) was passed, but no service is named ${name}; use --listen-fd`,
+    );
+  }
+}
+
 /**
  * With `--workers N`: in the primary, a pool of workers and the diagnostics server under the
- * runner, SIGHUP for a reload; in each worker (the same command, forked), `build()`'s services.
+ * runner, SIGHUP for a reload; in each worker (the same command, forked), the built services.
  */
 async function runClustered(
-  build: () => Promise<Service[] | ServiceGroup>,
+  build: Build,
+  placement: Placement,
   flags: RunnerFlags,
   version: string,
   log: Logger,
 ): Promise<number> {
   const settings = { shutdownTimeout: flags.shutdownTimeout, drainDelay: flags.drainDelay };
   if (cluster.isWorker) {
-    const servable = await build();
+    const servable = await build(placement);
     if (servable instanceof ServiceGroup) {
       throw new UsageError(
         'a module that exports a ServiceGroup runs its own runner: drop --workers, or export services',
@@ -73,17 +111,28 @@ async function runClustered(
       },
     });
   }
+  const diagnostics = placement.listen('diagnostics', {
+    port: flags.diagPort,
+    host: flags.diagHost,
+  });
+  // The workers listen on the fds the primary adopted: Node's cluster makes the primary, which
+  // holds them, accept for the workers.
+  const forWorkers = placement.unused();
+  if (forWorkers.length > 0) process.env[INHERITED_FDS_ENV] = encodeFds(forWorkers);
   const { group, pool } = createClusterPrimary({
     size: flags.workers,
-    diagnostics: { port: flags.diagPort, host: flags.diagHost, version },
+    diagnostics: { ...diagnostics, version },
     readyTimeout: flags.readyTimeout,
     ...settings,
   });
   logGroup(group, log, settings);
   logPool(pool, group, log);
-  const onHangup = () => {
+  const onHangup = async () => {
     log.info({ signal: 'SIGHUP' }, 'signal received: SIGHUP');
-    pool.reload().catch(() => {}); // a failed reload is logged by logPool and changes nothing
+    void group.notifier?.reloading('Reloading workers');
+    // A failed reload is logged by logPool and changes nothing: the old workers serve on.
+    await pool.reload().catch(() => {});
+    void group.notifier?.ready(`Serving: ${pool.stats.address}`);
   };
   process.on('SIGHUP', onHangup);
   const result = await group.run();
@@ -92,25 +141,21 @@ async function runClustered(
   return result.exitCode;
 }
 
-function runEither(
-  build: () => Promise<Service[] | ServiceGroup>,
-  flags: RunnerFlags,
-  version: string,
-  log: Logger,
-): Promise<number> {
-  if (flags.workers > 1) return runClustered(build, flags, version, log);
-  return build().then((servable) => runGroup(servable, flags, version, log));
+async function runCommand(build: Build, flags: RunnerFlags, version: string): Promise<number> {
+  // In inetd style stdout is the client's connection: the logs go to stderr.
+  const log = createLogger(flags.logLevel, { toStderr: flags.inetd });
+  const placement = placeServices(flags);
+  if (flags.workers > 1) return runClustered(build, placement, flags, version, log);
+  return runGroup(await build(placement), placement, flags, version, log);
 }
 
 async function demo(args: string[]): Promise<number> {
   const { flags, help } = parseDemoArgs(args, process.env);
   if (help) return usage(0);
-  const log = createLogger(flags.logLevel);
-  return runEither(
-    async () => demoServices(flags),
+  return runCommand(
+    async (placement) => demoServices(flags, placement),
     flags,
     flags.versionString ?? ownVersion(),
-    log,
   );
 }
 
@@ -118,14 +163,12 @@ async function serve(args: string[]): Promise<number> {
   const { flags, positionals, help } = parseServeArgs(args, process.env);
   if (help) return usage(0);
   const specifier = positionals[0]!;
-  const log = createLogger(flags.logLevel);
   const version = flags.versionString ?? findPackageVersion(dirname(resolve(specifier)));
   // Under --workers the primary never loads the module: only workers run application code.
-  return runEither(
-    async () => toServable(specifier, await loadModule(specifier), flags),
+  return runCommand(
+    async (placement) => toServable(specifier, await loadModule(specifier), flags, placement),
     flags,
     version,
-    log,
   );
 }
 

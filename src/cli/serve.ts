@@ -17,7 +17,9 @@ import { InvalidModuleError } from '../errors.js';
 import { HttpService, type HttpServiceOptions, type RequestHandler } from '../http/http-service.js';
 import { ServiceGroup } from '../runner/service-group.js';
 import { isService, type Service } from '../service.js';
+import type { ListenFd } from '../systemd/listen-fds.js';
 import type { RunnerFlags } from './flags.js';
+import type { Placement } from './placement.js';
 
 /** What a factory export is called with. */
 export interface ServeContext {
@@ -25,6 +27,15 @@ export interface ServeContext {
   host: string | undefined;
   /** `--port` (or env `PORT`). */
   port: number;
+  /** The listening fds systemd passed (LISTEN_FDS), by name; empty when none. */
+  fds: readonly ListenFd[];
+  /**
+   * Listen options for the service `name`: the fd systemd passed under that name (or
+   * `--listen-fd` for `http`), the one accepted connection if that service serves it, else
+   * `fallback`. Spread it into the service's options:
+   * `new TcpService({ name: 'echo', ...listen('echo', { port: 7000 }), handler })`.
+   */
+  listen: Placement['listen'];
 }
 
 export type Servable = Service[] | ServiceGroup;
@@ -61,9 +72,17 @@ export async function toServable(
   specifier: string,
   exported: unknown,
   flags: RunnerFlags,
+  placement: Placement,
 ): Promise<Servable> {
   const httpService = (options: Pick<HttpServiceOptions, 'handler' | 'server'>) =>
-    new HttpService({ name: 'http', port: flags.port, host: flags.host, ...options });
+    new HttpService({
+      name: 'http',
+      ...placement.listen(
+        'http',
+        options.server?.listening ? {} : { port: flags.port, host: flags.host },
+      ),
+      ...options,
+    });
 
   const interpret = (value: unknown, fromFactory: boolean): Servable | undefined => {
     if (value instanceof ServiceGroup) return value;
@@ -81,7 +100,12 @@ export async function toServable(
   if (typeof exported === 'function') {
     let made: unknown;
     try {
-      made = await exported({ host: flags.host, port: flags.port } satisfies ServeContext);
+      made = await exported({
+        host: flags.host,
+        port: flags.port,
+        fds: placement.fds,
+        listen: placement.listen,
+      } satisfies ServeContext);
     } catch (err) {
       throw new InvalidModuleError(specifier, `its factory threw: ${(err as Error).message}`, {
         cause: err,

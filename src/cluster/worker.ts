@@ -44,6 +44,8 @@ export async function runWorker(services: Service[], options: WorkerOptions = {}
     services,
     signals: false,
     exitOnForce: false,
+    // The primary speaks for the service to systemd: a worker's READY=1 would be premature.
+    notify: false,
     ...(options.shutdownTimeout === undefined ? {} : { shutdownTimeout: options.shutdownTimeout }),
   });
   options.observe?.(group);

@@ -28,6 +28,7 @@ import {
   type ListenTarget,
   type PathTarget,
   type PortTarget,
+  parseConnection,
   parseListenTarget,
 } from '../listen.js';
 import { Listener } from '../listener.js';
@@ -44,7 +45,7 @@ import {
   validateObject,
   validateString,
 } from '../options.js';
-import type { CloseOptions, Service, ServiceState } from '../service.js';
+import type { ActivitySink, CloseOptions, Service, ServiceState } from '../service.js';
 
 type AnyRequest = IncomingMessage | http2.Http2ServerRequest;
 type AnyResponse = ServerResponse | http2.Http2ServerResponse;
@@ -103,6 +104,11 @@ export interface HttpServiceOptions extends Partial<PortTarget & PathTarget & Fd
   maxConnections?: number;
   /** When it aborts, the service closes. */
   signal?: AbortSignal;
+  /**
+   * Serve this one already-accepted connection instead of listening (systemd Accept=yes, inetd:
+   * see `acceptedConnection()`), with the usual timeouts; the service closes once it has ended.
+   */
+  connection?: Socket;
   /** Where metrics go; `null` for none. @default prom-client's global registry */
   registry?: Registry | null;
 }
@@ -161,6 +167,7 @@ const KNOWN_OPTIONS = [
   'maxConnections',
   'signal',
   'registry',
+  'connection',
   ...LISTEN_KEYS,
 ] as const;
 
@@ -288,6 +295,7 @@ export class HttpService implements Service {
   /** A cleartext HTTP/2 server (prior knowledge): every connection is a session. */
   readonly #h2c: boolean;
   #draining = false;
+  #activity: ActivitySink | undefined;
   #count = 0;
   #requests = 0;
   #errors = 0;
@@ -325,6 +333,7 @@ export class HttpService implements Service {
       validateObject<TlsOptions>(v, 'tls'),
     );
     this.#target = parseListenTarget(options, 'HttpService');
+    const connection = parseConnection(options, this.#target, 'HttpService');
 
     if (options.server !== undefined) {
       validateInstance(options.server, 'server', NetServer, 'an http, https or http2 server');
@@ -348,8 +357,12 @@ export class HttpService implements Service {
       }
       this.#server = options.server;
     } else {
-      if (!this.#target)
-        throw new ServiceFailedError(this.name, 'nowhere to listen: give port, path, fd or server');
+      if (!this.#target && !connection) {
+        throw new ServiceFailedError(
+          this.name,
+          'nowhere to listen: give port, path, fd, server or connection',
+        );
+      }
       if (!this.#handler)
         throw new ServiceFailedError(this.name, 'handler must be a function, got undefined');
       if (useHttp2) {
@@ -412,6 +425,8 @@ export class HttpService implements Service {
       target: this.#target,
       lifecycle: this.#lifecycle,
       onFailure: (error) => void this.destroy(error),
+      connection,
+      onConnectionEnded: () => void this.close(),
     });
     const registry = options.registry === undefined ? defaultRegistry : options.registry;
     if (registry) {
@@ -465,6 +480,11 @@ export class HttpService implements Service {
 
   start(): Promise<void> {
     return this.#listener.start();
+  }
+
+  /** From now on, each request in flight and each open upgraded connection is activity for `sink`. */
+  trackActivity(sink: ActivitySink): void {
+    this.#activity = sink;
   }
 
   /** Stops accepting connections (the listening socket closes); `close()` does the rest. */
@@ -589,7 +609,10 @@ export class HttpService implements Service {
     // The socket leaves the HTTP layer: it is no longer a keep-alive socket to reap.
     this.#httpSockets.delete(socket as TrackedSocket);
     this.#upgraded.add(socket);
+    // An open WebSocket is activity for as long as it stays open.
+    const activity = this.#activity?.begin();
     socket.once('close', () => {
+      activity?.end();
       this.#upgraded.delete(socket);
       this.#lifecycle.poke();
     });
@@ -609,6 +632,7 @@ export class HttpService implements Service {
   #onRequest(req: AnyRequest, res: AnyResponse): void {
     this.#requests++;
     this.#inflight.add(res);
+    const activity = this.#activity?.begin();
     const socket = req.socket as TrackedSocket;
     const state = req.httpVersionMajor === 2 ? undefined : socket[kState];
     if (state) {
@@ -622,6 +646,7 @@ export class HttpService implements Service {
     const started = performance.now();
     res.once('close', () => {
       this.#inflight.delete(res);
+      activity?.end();
       if (res.writableFinished) {
         const cls = (res.statusCode / 100) | 0;
         if (cls >= 1 && cls <= 5) this.#classes[cls]!++;

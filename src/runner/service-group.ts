@@ -17,6 +17,7 @@ import {
   type DiagnosticsServerOptions,
 } from '../diagnostics/diagnostics-server.js';
 import { HookTimeoutError, InvalidOptionError, StartFailedError } from '../errors.js';
+import { IdleTracker } from '../idle/idle-tracker.js';
 import {
   describe,
   optional,
@@ -25,9 +26,11 @@ import {
   validateBoolean,
   validateDuration,
   validateFunction,
+  validateInteger,
   validateObject,
 } from '../options.js';
 import { isService, type Service, type ServiceState } from '../service.js';
+import { Notifier } from '../systemd/notify.js';
 
 /** Why a group stopped. */
 export type StopReason =
@@ -109,6 +112,18 @@ export interface ServiceGroupOptions {
    * @default true
    */
   exitOnForce?: boolean;
+  /**
+   * Shut down (cleanly, reason `idle`) once no service has had anything active for this long
+   * (ms), counted from `run()`. Services report activity through `trackActivity()`; see
+   * docs/idle-shutdown.md for what counts. @default undefined (never)
+   */
+  idleTimeout?: number;
+  /**
+   * Tell the service manager through `NOTIFY_SOCKET` (sd_notify): `READY=1` once every service
+   * is ready, `STOPPING=1` when the drain starts, `STATUS=` lines, the watchdog. A `Notifier` of
+   * your own, or `false` for none. Without `NOTIFY_SOCKET` it costs nothing. @default true
+   */
+  notify?: boolean | Notifier;
 }
 
 export const SERVICE_GROUP_DEFAULTS = Object.freeze({
@@ -130,6 +145,8 @@ const KNOWN_OPTIONS = [
   'hookTimeout',
   'signal',
   'exitOnForce',
+  'idleTimeout',
+  'notify',
 ] as const;
 
 const channels = {
@@ -186,6 +203,9 @@ export class ServiceGroup extends EventEmitter<ServiceGroupEvents> {
   readonly #afterClose: ServiceGroupOptions['afterClose'];
   readonly #abortSignal: AbortSignal | undefined;
   readonly #exitOnForce: boolean;
+  readonly #idleTimeout: number | undefined;
+  /** sd_notify; undefined when told not to. */
+  readonly notifier: Notifier | undefined;
   /** Readiness the runner derives for services that do not report their own. */
   readonly #derived = new Map<Service, ServiceState>();
 
@@ -265,6 +285,17 @@ export class ServiceGroup extends EventEmitter<ServiceGroupEvents> {
     this.#abortSignal = optional(options.signal, undefined, (v) =>
       validateAbortSignal(v, 'signal'),
     );
+    this.#idleTimeout = optional(options.idleTimeout, undefined, (v) =>
+      validateInteger(v, 'idleTimeout', { min: 1, max: 2 ** 31 - 1, unit: '(ms)' }),
+    );
+    const notify = options.notify ?? true;
+    if (notify !== false && notify !== true && !(notify instanceof Notifier)) {
+      throw new InvalidOptionError(
+        'notify',
+        `notify must be a boolean or a Notifier, got ${describe(notify)}`,
+      );
+    }
+    this.notifier = notify === true ? new Notifier() : notify === false ? undefined : notify;
     this.#exitOnForce = optional(options.exitOnForce, SERVICE_GROUP_DEFAULTS.exitOnForce, (v) =>
       validateBoolean(v, 'exitOnForce'),
     );
@@ -343,6 +374,16 @@ export class ServiceGroup extends EventEmitter<ServiceGroupEvents> {
         );
         disposers.push(() => listener[Symbol.dispose]());
       }
+      if (this.#idleTimeout !== undefined) {
+        const idle = new IdleTracker({ idleTimeout: this.#idleTimeout });
+        for (const service of this.services) service.trackActivity?.(idle);
+        const listener = addAbortListener(idle.signal, () => this.#requestStop({ reason: 'idle' }));
+        disposers.push(() => {
+          listener[Symbol.dispose]();
+          idle.close();
+        });
+      }
+      disposers.push(() => this.notifier?.close());
       const forced = new Promise<RunResult>((resolve) => {
         this.#forced = (signal) => resolve(this.#force(signal));
       });
@@ -372,9 +413,11 @@ export class ServiceGroup extends EventEmitter<ServiceGroupEvents> {
     }
     if (this.#pendingStop) this.#trigger!(this.#pendingStop);
     this.#watchServices();
-    this.emit('started', {
-      services: this.#all.map((s) => ({ name: s.name, address: addressOf(s) })),
-    });
+    const serving = this.#all.map((s) => ({ name: s.name, address: addressOf(s) }));
+    void this.notifier?.ready(
+      `Serving: ${serving.map((s) => `${s.name} ${s.address ?? ''}`.trim()).join(', ')}`,
+    );
+    this.emit('started', { services: serving });
     if (channels.started.hasSubscribers)
       channels.started.publish({ group: this, services: this.#all.map((s) => s.name) });
     return this.#shutdown(await stopped);
@@ -393,6 +436,7 @@ export class ServiceGroup extends EventEmitter<ServiceGroupEvents> {
   async #startAll(): Promise<void> {
     this.#phase = 'starting';
     const all = this.#all;
+    void this.notifier?.status(`Starting ${all.map((s) => s.name).join(', ')}`);
     for (const s of all) if (s.state === undefined) this.#derived.set(s, 'starting');
     const results = await Promise.allSettled(
       all.map(async (s) => {
@@ -427,6 +471,8 @@ export class ServiceGroup extends EventEmitter<ServiceGroupEvents> {
   async #shutdown(info: ShutdownInfo): Promise<RunResult> {
     this.#phase = 'stopping';
     const started = Date.now();
+    const why = info.signal ?? (info.error ? `${info.reason}: ${info.error.message}` : info.reason);
+    void this.notifier?.stopping(`Draining (${why}); shutdown timeout ${this.#shutdownTimeout} ms`);
     this.emit('stopping', info);
     if (channels.stopping.hasSubscribers) channels.stopping.publish({ group: this, ...info });
     const hookErrors: Error[] = [];
@@ -499,6 +545,11 @@ export class ServiceGroup extends EventEmitter<ServiceGroupEvents> {
 
   #finish(result: RunResult): RunResult {
     this.#phase = 'stopped';
+    void this.notifier?.status(
+      result.clean
+        ? `Stopped cleanly in ${result.duration} ms (${result.reason})`
+        : `Stopped (${result.reason}): ${result.error?.message ?? 'not clean'}`,
+    );
     this.emit('stopped', result);
     if (channels.stopped.hasSubscribers) channels.stopped.publish({ group: this, result });
     return result;

@@ -21,6 +21,7 @@ import {
   type ListenTarget,
   type PathTarget,
   type PortTarget,
+  parseConnection,
   parseListenTarget,
 } from '../listen.js';
 import { Listener } from '../listener.js';
@@ -36,7 +37,7 @@ import {
   validateObject,
   validateString,
 } from '../options.js';
-import type { CloseOptions, Service, ServiceState } from '../service.js';
+import type { ActivitySink, CloseOptions, Service, ServiceState } from '../service.js';
 
 /** What a handler learns about its connection besides the stream itself. */
 export interface ConnectionContext {
@@ -78,6 +79,11 @@ export interface TcpServiceOptions extends Partial<PortTarget & PathTarget & FdT
   shutdownTimeout?: number;
   /** When it aborts, the service closes (like the seed's context). */
   signal?: AbortSignal;
+  /**
+   * Serve this one already-accepted connection instead of listening (systemd Accept=yes, inetd:
+   * see `acceptedConnection()`); the service closes itself once it has ended.
+   */
+  connection?: Socket;
   /** Where metrics go; `null` for none. @default prom-client's global registry */
   registry?: Registry | null;
 }
@@ -116,6 +122,7 @@ const KNOWN_OPTIONS = [
   'shutdownTimeout',
   'signal',
   'registry',
+  'connection',
   ...LISTEN_KEYS,
 ] as const;
 
@@ -175,6 +182,8 @@ class Connection implements ConnectionContext {
   readonly service: string;
   /** Made on first use of `signal`, so handlers that never look pay nothing. */
   controller: AbortController | undefined;
+  /** The idle tracker's record of this connection's handler, when one is watching. */
+  activity: { end(): void } | undefined;
   #closing: AbortSignal;
 
   constructor(id: number, socket: Socket, service: string, closing: AbortSignal) {
@@ -225,6 +234,7 @@ export class TcpService implements Service {
   #errors = 0;
   #dropped = 0;
   readonly #listener: Listener;
+  #activity: ActivitySink | undefined;
 
   constructor(options: TcpServiceOptions) {
     validateObject(options, 'TcpService options');
@@ -242,6 +252,7 @@ export class TcpService implements Service {
       (v) => validateInteger(v, 'maxConnections', { min: 1 }),
     );
     this.#target = parseListenTarget(options, 'TcpService');
+    const connection = parseConnection(options, this.#target, 'TcpService');
     const server =
       options.server === undefined
         ? undefined
@@ -252,8 +263,11 @@ export class TcpService implements Service {
         'the given server is not listening; give port, path or fd too',
       );
     }
-    if (!server && !this.#target) {
-      throw new ServiceFailedError(this.name, 'nowhere to listen: give port, path, fd or server');
+    if (!server && !this.#target && !connection) {
+      throw new ServiceFailedError(
+        this.name,
+        'nowhere to listen: give port, path, fd, server or connection',
+      );
     }
     const signal = optional(options.signal, undefined, (v) => validateAbortSignal(v, 'signal'));
     const registry = options.registry === undefined ? defaultRegistry : options.registry;
@@ -274,6 +288,8 @@ export class TcpService implements Service {
       target: this.#target,
       lifecycle: this.#lifecycle,
       onFailure: (error) => void this.destroy(error),
+      connection,
+      onConnectionEnded: () => void this.close(),
     });
     if (registry) exportStats(registry, this.name, () => this.stats, TCP_METRICS);
   }
@@ -306,6 +322,11 @@ export class TcpService implements Service {
 
   start(): Promise<void> {
     return this.#listener.start();
+  }
+
+  /** From now on, each connection's handler counts as activity for `sink` while it runs. */
+  trackActivity(sink: ActivitySink): void {
+    this.#activity = sink;
   }
 
   /** Stops accepting connections (the listening socket closes); `close()` does the rest. */
@@ -378,6 +399,7 @@ export class TcpService implements Service {
     const conn = new Connection(++this.#count, socket, this.name, this.#closing.signal);
     this.#connections.add(conn);
     this.#busy++;
+    conn.activity = this.#activity?.begin();
     socket.once('close', () => {
       this.#connections.delete(conn);
       this.#lifecycle.poke();
@@ -408,6 +430,7 @@ export class TcpService implements Service {
 
   #handlerReturned(conn: Connection, endSocket = true): void {
     this.#busy--;
+    conn.activity?.end();
     // Flush what the handler wrote, send FIN, and let go of the descriptor.
     if (endSocket && !conn.socket.destroyed) conn.socket.destroySoon();
     this.#lifecycle.poke();
@@ -415,6 +438,7 @@ export class TcpService implements Service {
 
   #handlerFailed(conn: Connection, err: unknown): void {
     this.#busy--;
+    conn.activity?.end();
     this.#errors++;
     conn.socket.destroy();
     if (errorChannel.hasSubscribers) {
