@@ -14,7 +14,7 @@ import {
   CrashLoopError,
   ReloadError,
   ServiceClosedError,
-  ShutdownTimeoutError,
+  ServiceDestroyedError,
   WorkerExitError,
   WorkerStartError,
 } from '../errors.js';
@@ -303,7 +303,10 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> implements Servic
       const live = this.#alive();
       for (const e of live) e.worker.process.kill('SIGKILL');
       return (
-        error ?? (live.length > 0 ? new ShutdownTimeoutError(this.name, 0, live.length) : undefined)
+        error ??
+        (live.length > 0
+          ? new ServiceDestroyedError(`${this.name} was destroyed: killed ${live.length} worker(s)`)
+          : undefined)
       );
     });
   }
@@ -399,13 +402,16 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> implements Servic
     // An IPC channel error (the worker died mid-send) must not crash the primary.
     worker.on('error', noop);
     exited.then((code) => {
+      const wasReady = entry.state !== 'starting';
       entry.state = 'exited';
       this.#entries.delete(worker.id);
       failReady(
         new WorkerStartError(worker.id, entry.pid, `exited with code ${code} before it was ready`),
       );
       this.#lifecycle.poke();
-      if (entry.role === 'member') this.#onMemberExit(entry, code);
+      // One that never got ready is start()'s or the reload's to report; a member that served
+      // and died is a crash, even while the pool is still starting the others.
+      if (entry.role === 'member' && wasReady) this.#onMemberExit(entry, code);
     });
     return entry;
   }
@@ -437,7 +443,6 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> implements Servic
   #onMemberExit(entry: Entry, code: number): void {
     const state = this.#lifecycle.state;
     if (state !== 'ready' && state !== 'starting') return; // closing: exits are expected
-    if (!this.#startPromise || state === 'starting') return; // start() reports these itself
     this.#crashes++;
     const now = Date.now();
     this.#crashTimes = [...this.#crashTimes.filter((t) => now - t < this.#crashWindow), now];
@@ -460,7 +465,8 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> implements Servic
     this.emit('worker-crashed', { id: entry.worker.id, pid: entry.pid, code, restartIn });
     const timer = setTimeout(() => {
       this.#restartTimers.delete(timer);
-      if (this.#lifecycle.state !== 'ready') return;
+      const now = this.#lifecycle.state;
+      if (now !== 'ready' && now !== 'starting') return;
       this.#restarts++;
       // A replacement that dies before it is ready is one more crash, handled the same way.
       this.#fork('member');
