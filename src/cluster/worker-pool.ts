@@ -128,6 +128,8 @@ interface Entry {
   /** Settles with the exit code (128+n for a signal) once the process has exited. */
   exited: Promise<number>;
   ready: Promise<void>;
+  /** Forked by start(): start() reports it if it never gets ready. */
+  initial: boolean;
 }
 
 export interface WorkerInfo {
@@ -278,7 +280,7 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> implements Servic
   }
 
   async #start(): Promise<void> {
-    const first = Array.from({ length: this.#size }, () => this.#fork('member'));
+    const first = Array.from({ length: this.#size }, () => this.#fork('member', true));
     const results = await Promise.allSettled(first.map((e) => this.#waitReady(e)));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
@@ -359,7 +361,7 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> implements Servic
     this.emit('reloaded', { replaced: old.length, duration: Date.now() - started });
   }
 
-  #fork(role: Role): Entry {
+  #fork(role: Role, initial = false): Entry {
     const worker = cluster.fork();
     let markReady = noop;
     let failReady: (err: Error) => void = noop;
@@ -382,6 +384,7 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> implements Servic
       services: [],
       exited,
       ready,
+      initial,
     };
     this.#entries.set(worker.id, entry);
     worker.on('message', (message: unknown) => {
@@ -409,9 +412,10 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> implements Servic
         new WorkerStartError(worker.id, entry.pid, `exited with code ${code} before it was ready`),
       );
       this.#lifecycle.poke();
-      // One that never got ready is start()'s or the reload's to report; a member that served
-      // and died is a crash, even while the pool is still starting the others.
-      if (entry.role === 'member' && wasReady) this.#onMemberExit(entry, code);
+      // One of the first workers that never got ready is start()'s to report. Any other member
+      // that exits is a crash, even while the pool is still starting the others, and even a
+      // replacement that dies before it is ready.
+      if (entry.role === 'member' && (wasReady || !entry.initial)) this.#onMemberExit(entry, code);
     });
     return entry;
   }
