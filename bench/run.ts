@@ -16,8 +16,9 @@ import type { Suite } from './lib/suite.js';
 import { httpSuite } from './suites/http.js';
 import { startupSuite } from './suites/startup.js';
 import { tasksSuite } from './suites/tasks.js';
+import { tcpSuite } from './suites/tcp.js';
 
-const SUITES: readonly Suite[] = [httpSuite, tasksSuite, startupSuite];
+const SUITES: readonly Suite[] = [tcpSuite, httpSuite, tasksSuite, startupSuite];
 
 const USAGE = `usage: npm run bench [-- <suite>...] [options]
 
