@@ -28,7 +28,8 @@ suites: ${SUITES.map((s) => s.name).join(', ')} (default: all)
 options:
   --quick        short rounds for development; does not write BENCHMARKS.md
   --rounds N     rounds per comparison (default: the suite's, 5 for tcp and drain)
-  --profile      write V8 CPU profiles of berth's server fixtures to .bench-tmp/profiles/
+  --profile      write V8 CPU profiles of the tcp server fixtures (both sides) to
+                 .bench-tmp/profiles/; summarise with bench/tools/profile-summary.ts
   --write        write BENCHMARKS.md even in --quick mode
   --no-write     do not write BENCHMARKS.md
   --note TEXT    add TEXT as a note to every section written (e.g. "machine shared")

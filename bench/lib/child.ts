@@ -81,6 +81,12 @@ export interface Child {
   stderr(): string;
   /** Sends `signal` by pid (default SIGKILL), then waits up to `timeout` ms for the exit. */
   stop(signal?: NodeJS.Signals, timeout?: number): Promise<number>;
+  /**
+   * Ends the child's stdin, which a fixture takes as "exit normally" (so exit-time work such as
+   * writing a --cpu-prof profile happens), then kills it by pid if it is still there after
+   * `timeout` ms.
+   */
+  close(timeout?: number): Promise<number>;
 }
 
 const SIGNAL_NUMBERS: Record<string, number> = { SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
@@ -208,6 +214,17 @@ export function spawnScript(
       } finally {
         clearTimeout(timer);
       }
+    },
+    async close(timeout = 5_000) {
+      proc.stdin?.end();
+      let timer: NodeJS.Timeout | undefined;
+      const bound = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, timeout);
+      });
+      await Promise.race([exited, bound]);
+      clearTimeout(timer);
+      killPid(proc);
+      return exited;
     },
   };
 }

@@ -75,10 +75,21 @@ async function trial(
   ctx: SuiteContext,
 ): Promise<Trial> {
   const bound = timing.warmup + timing.duration + 20_000;
-  const profiling = impl === 'berth' && ctx.profileDir !== undefined;
+  // Both sides are profiled alike when asked, so their profiles can be compared.
+  const profile = ctx.profileDir
+    ? [
+        '--cpu-prof',
+        '--cpu-prof-interval',
+        '100', // µs: fine enough to see per-connection costs of a few µs
+        // One directory per trial: tsx's loader thread writes a profile of its own beside the
+        // main thread's (file names CPU.<date>.<time>.<pid>.<thread>.<seq>; main is thread 0).
+        '--cpu-prof-dir',
+        join(ctx.profileDir, `tcp-${workload.mode}-${impl}-${Date.now()}`),
+      ]
+    : [];
   const { child: server, port } = await startServer(IMPLS[impl].label, IMPLS[impl].script, [], {
     timeout: bound,
-    nodeFlags: profiling ? ['--cpu-prof', '--cpu-prof-dir', ctx.profileDir!] : [],
+    nodeFlags: profile,
   });
   let load: Child | undefined;
   try {
@@ -115,9 +126,8 @@ async function trial(
     };
   } finally {
     await load?.stop();
-    // Ending stdin lets the fixture exit normally (so a --cpu-prof profile gets written).
-    server.proc.stdin?.end();
-    await server.stop('SIGTERM', 5_000);
+    // A normal exit, so a --cpu-prof profile gets written.
+    await server.close();
   }
 }
 
