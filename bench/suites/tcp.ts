@@ -9,7 +9,7 @@
 import { join } from 'node:path';
 import { BENCH_DIR, type Child, resultOf, spawnScript, startServer } from '../lib/child.js';
 import { fmt, fmtRange, median, pairedRatio } from '../lib/stats.js';
-import { mark, type Suite, type SuiteContext, type SuiteReport, type Table } from '../lib/suite.js';
+import { mark, type Suite, type SuiteReport, type Table } from '../lib/suite.js';
 
 const IMPLS = {
   berth: { label: 'TcpService', script: join(BENCH_DIR, 'fixtures', 'tcp-berth.ts') },
@@ -27,7 +27,7 @@ interface LoadResult {
   errorCodes: Record<string, number>;
 }
 
-interface Workload {
+export interface Workload {
   name: string;
   mode: 'connrate' | 'bulk';
   concurrency: number;
@@ -38,7 +38,7 @@ interface Workload {
   work: (r: LoadResult) => number;
 }
 
-const WORKLOADS: Workload[] = [
+export const WORKLOADS: readonly Workload[] = [
   {
     name: 'connection rate',
     mode: 'connrate',
@@ -59,7 +59,7 @@ const WORKLOADS: Workload[] = [
   },
 ];
 
-interface Trial {
+export interface Trial {
   value: number;
   /** Server CPU µs per unit of work. */
   cpuPerUnit: number;
@@ -68,15 +68,26 @@ interface Trial {
   errors: number;
 }
 
-async function trial(
-  impl: Impl,
+/** A server fixture to measure: a script and its arguments. */
+export interface Target {
+  label: string;
+  script: string;
+  args?: string[];
+}
+
+/**
+ * One trial: a fresh server from `target`, a fresh load process; the load's rate and the
+ * server's CPU over the measured window.
+ */
+export async function trial(
+  target: Target,
   workload: Workload,
   timing: { warmup: number; duration: number },
-  ctx: SuiteContext,
+  profileDir?: string,
 ): Promise<Trial> {
   const bound = timing.warmup + timing.duration + 20_000;
   // Both sides are profiled alike when asked, so their profiles can be compared.
-  const profile = ctx.profileDir
+  const profile = profileDir
     ? [
         '--cpu-prof',
         '--cpu-prof-interval',
@@ -84,13 +95,18 @@ async function trial(
         // One directory per trial: tsx's loader thread writes a profile of its own beside the
         // main thread's (file names CPU.<date>.<time>.<pid>.<thread>.<seq>; main is thread 0).
         '--cpu-prof-dir',
-        join(ctx.profileDir, `tcp-${workload.mode}-${impl}-${Date.now()}`),
+        join(profileDir, `tcp-${workload.mode}-${target.label}-${Date.now()}`.replace(/\W+/g, '-')),
       ]
     : [];
-  const { child: server, port } = await startServer(IMPLS[impl].label, IMPLS[impl].script, [], {
-    timeout: bound,
-    nodeFlags: profile,
-  });
+  const { child: server, port } = await startServer(
+    target.label,
+    target.script,
+    target.args ?? [],
+    {
+      timeout: bound,
+      nodeFlags: profile,
+    },
+  );
   let load: Child | undefined;
   try {
     const cpu: number[] = [];
@@ -116,7 +132,7 @@ async function trial(
     const result = await resultOf<LoadResult>(load, bound);
     const deadline = Date.now() + 2_000;
     while (cpu.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    if (cpu.length < 2) throw new Error(`${IMPLS[impl].label}: no CPU sample at window end`);
+    if (cpu.length < 2) throw new Error(`${target.label}: no CPU sample at window end`);
     const cpuUs = cpu[1]! - cpu[0]!;
     return {
       value: workload.value(result),
@@ -149,7 +165,7 @@ export const tcpSuite: Suite = {
       for (let round = 0; round < rounds; round++) {
         const order: Impl[] = round % 2 === 0 ? ['berth', 'net'] : ['net', 'berth'];
         for (const impl of order) {
-          const t = await trial(impl, workload, timing, ctx);
+          const t = await trial(IMPLS[impl], workload, timing, ctx.profileDir);
           trials[impl].push(t);
           ctx.log(
             `${workload.name} round ${round + 1}/${rounds} ${IMPLS[impl].label}: ${fmt(t.value)} ${workload.unit}, server ${fmt(t.cpuPerUnit, 1)} ${workload.cpuUnit}, server busy ${fmt(t.serverBusy * 100)}%`,
