@@ -27,7 +27,7 @@ suites: ${SUITES.map((s) => s.name).join(', ')} (default: all)
 
 options:
   --quick        short rounds for development; does not write BENCHMARKS.md
-  --rounds N     rounds per comparison (default: the suite's, 5 for tcp and drain)
+  --rounds N     rounds per comparison (default: the suite's, 7 for tcp, 5 for drain)
   --profile      write V8 CPU profiles of the tcp server fixtures (both sides) to
                  .bench-tmp/profiles/; summarise with bench/tools/profile-summary.ts
   --write        write BENCHMARKS.md even in --quick mode

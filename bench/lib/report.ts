@@ -6,6 +6,8 @@
 
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, freemem, loadavg, release, totalmem, type } from 'node:os';
+import { join } from 'node:path';
+import { BENCH_DIR } from './child.js';
 import type { Suite, SuiteReport, Table } from './suite.js';
 
 export interface Machine {
@@ -89,8 +91,13 @@ export function renderSection(input: SectionInput): string {
     const notes = [...report.notes, ...input.notes];
     if (notes.length > 0) out.push('Notes:', '', ...notes.map((n) => `- ${n}`), '');
   }
+  // Analysis written by hand (why a target is missed, what was found) survives regeneration.
+  const analysis = join(NOTES_DIR, `${suite.name}.md`);
+  if (existsSync(analysis)) out.push(readFileSync(analysis, 'utf8').trim(), '');
   return out.join('\n');
 }
+
+const NOTES_DIR = join(BENCH_DIR, 'notes');
 
 const HEADER = `# Benchmarks
 

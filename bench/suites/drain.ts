@@ -176,7 +176,7 @@ export const drainSuite: Suite = {
   pending: async () => undefined,
   async run(ctx: SuiteContext): Promise<SuiteReport> {
     const runs = ctx.rounds ?? (ctx.quick ? 2 : 5);
-    const idleRuns = ctx.quick ? 1 : 3;
+    const idleRuns = ctx.quick ? 1 : 5;
     // How long clients keep going after SIGTERM if the server keeps answering them.
     const after = ctx.quick ? 2_000 : 5_000;
     const notes: string[] = [];

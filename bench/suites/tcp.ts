@@ -153,7 +153,8 @@ export const tcpSuite: Suite = {
   target: 'berth/baseline ratio ≥ 0.95 on connection rate and on bulk echo throughput',
   pending: async () => undefined,
   async run(ctx): Promise<SuiteReport> {
-    const rounds = ctx.rounds ?? (ctx.quick ? 2 : 5);
+    // 7: bulk echo varies ±10% round to round on a shared 2-core machine; 5 was not enough.
+    const rounds = ctx.rounds ?? (ctx.quick ? 2 : 7);
     const timing = ctx.quick
       ? { warmup: 300, duration: 1_000 }
       : { warmup: 1_000, duration: 3_000 };
