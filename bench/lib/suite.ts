@@ -38,7 +38,25 @@ export interface Suite {
   run(ctx: SuiteContext): Promise<SuiteReport>;
 }
 
+import { fmt, median, percentile } from './stats.js';
+
 /** A ✅/❌ mark for a figure against a target, saying by how much it missed. */
 export function mark(ok: boolean, miss?: string): string {
   return ok ? '✅ met' : `❌ missed${miss ? ` (${miss})` : ''}`;
+}
+
+/**
+ * The verdict on per-round berth/baseline ratios against a `target` ratio: met when their median
+ * reaches it. A miss says by how many points, and whether the middle half of the rounds
+ * (25th–75th percentile) still reaches the target, in which case this run cannot tell the miss
+ * from the machine's noise.
+ */
+export function ratioVerdict(ratios: readonly number[], target: number): string {
+  const m = median(ratios);
+  if (m >= target) return mark(true);
+  const q1 = percentile(ratios, 25);
+  const q3 = percentile(ratios, 75);
+  const iqr = `middle rounds ${fmt(q1, 2)}–${fmt(q3, 2)}`;
+  const by = `by ${fmt((target - m) * 100, 1)} points`;
+  return q3 >= target ? `❌ missed ${by}, within noise (${iqr})` : mark(false, `${by}; ${iqr}`);
 }

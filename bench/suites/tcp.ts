@@ -9,7 +9,7 @@
 import { join } from 'node:path';
 import { BENCH_DIR, type Child, resultOf, spawnScript, startServer } from '../lib/child.js';
 import { fmt, fmtRange, median, pairedRatio } from '../lib/stats.js';
-import { mark, type Suite, type SuiteReport, type Table } from '../lib/suite.js';
+import { ratioVerdict, type Suite, type SuiteReport, type Table } from '../lib/suite.js';
 
 const IMPLS = {
   berth: { label: 'TcpService', script: join(BENCH_DIR, 'fixtures', 'tcp-berth.ts') },
@@ -183,18 +183,21 @@ export const tcpSuite: Suite = {
         fmt(median(values('net'))),
         fmt(ratio, 3),
         fmtRange(ratios, 2),
-        mark(ratio >= 0.95, `by ${fmt((0.95 - ratio) * 100, 1)} points`),
+        ratioVerdict(ratios, 0.95),
       ]);
       // If the server were the bottleneck its rate would be 1/(CPU per unit), so net's CPU per
       // unit over berth's is the ratio a server-bound run would show.
       const serverBound = pairedRatio(cpus('net'), cpus('berth'));
+      const serverBoundRatios = trials.net.map(
+        (t, i) => t.cpuPerUnit / trials.berth[i]!.cpuPerUnit,
+      );
       cpuRows.push([
         `${workload.name} (${workload.cpuUnit})`,
         fmt(median(cpus('berth')), 1),
         fmt(median(cpus('net')), 1),
         fmt(serverBound, 3),
         `${fmt(median(trials.berth.map((t) => t.serverBusy * 100)))}% / ${fmt(median(trials.net.map((t) => t.serverBusy * 100)))}%`,
-        mark(serverBound >= 0.95, `by ${fmt((0.95 - serverBound) * 100, 1)} points`),
+        ratioVerdict(serverBoundRatios, 0.95),
       ]);
       const errors = [...trials.berth, ...trials.net].reduce((n, t) => n + t.errors, 0);
       if (errors > 0) notes.push(`${workload.name}: ${errors} client-side socket errors in all.`);
