@@ -65,7 +65,10 @@ if (rounds !== undefined && !(Number.isInteger(rounds) && rounds >= 1)) {
 const selected =
   positionals.length === 0 ? SUITES : SUITES.filter((s) => positionals.includes(s.name));
 const write = values['no-write'] ? false : (values.write ?? !values.quick);
-const args = process.argv.slice(2);
+// Quoted for a POSIX shell, so the command recorded in BENCHMARKS.md can be pasted back.
+const quote = (arg: string) =>
+  /^[\w./:=@%+-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
+const args = process.argv.slice(2).map(quote);
 const command = `npm run bench${args.length > 0 ? ` -- ${args.join(' ')}` : ''}`;
 
 installExitHandlers();

@@ -115,6 +115,8 @@ How the figures are made:
   also when a run fails or is interrupted.
 - \`npm run bench -- <suite>\` runs one suite and rewrites only its section;
   \`--quick\` runs short rounds for development and does not touch this file.
+- A section's *Analysis* is written by hand in \`bench/notes/<suite>.md\` and kept across runs;
+  \`bench/tools/\` holds what it cites (\`tcp-accept-variants.ts\`, \`profile-summary.ts\`).
 
 `;
 
