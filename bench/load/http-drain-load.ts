@@ -112,7 +112,10 @@ function client(id: number): void {
 
 for (let i = 0; i < clients; i++) client(i);
 
-createInterface({ input: process.stdin }).on('line', (line) => {
+const control = createInterface({ input: process.stdin });
+// The harness went away (even by SIGKILL): nothing is left to report to.
+control.on('close', () => process.exit(0));
+control.on('line', (line) => {
   if (line.trim() !== 'shutdown' || shutdownAt) return;
   shutdownAt = performance.now();
   console.log('shutdown-ack'); // the harness sends SIGTERM only after this

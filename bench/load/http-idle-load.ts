@@ -26,6 +26,16 @@ const closedAll = new Promise<void>((resolve) => {
   allClosed = resolve;
 });
 
+const control = createInterface({ input: process.stdin });
+// The harness went away (even by SIGKILL): nothing is left to report to.
+control.on('close', () => process.exit(0));
+control.on('line', (line) => {
+  if (line.trim() !== 'shutdown' || shutdownAt) return;
+  shutdownAt = performance.now();
+  console.log('shutdown-ack'); // the harness sends SIGTERM only after this
+  if (open === 0) allClosed();
+});
+
 /** Opens one connection and resolves once its answer has been read whole. */
 function openOne(): Promise<void> {
   return new Promise((resolve) => {
@@ -72,13 +82,6 @@ async function opener(): Promise<void> {
 }
 await Promise.all(Array.from({ length: Math.min(parallel, total) }, opener));
 console.log(`idle ${open}`);
-
-createInterface({ input: process.stdin }).on('line', (line) => {
-  if (line.trim() !== 'shutdown' || shutdownAt) return;
-  shutdownAt = performance.now();
-  console.log('shutdown-ack'); // the harness sends SIGTERM only after this
-  if (open === 0) allClosed();
-});
 
 await closedAll;
 console.log(

@@ -10,6 +10,7 @@
  */
 
 import { connect, type Socket } from 'node:net';
+import { createInterface } from 'node:readline';
 import { arg } from '../fixtures/control.js';
 
 const port = Number(arg('port', '0'));
@@ -18,6 +19,9 @@ const concurrency = Number(arg('concurrency', '16'));
 const warmup = Number(arg('warmup', '1000'));
 const duration = Number(arg('duration', '3000'));
 const host = '127.0.0.1';
+
+// The harness went away (even by SIGKILL): nothing is left to report to.
+createInterface({ input: process.stdin }).on('close', () => process.exit(0));
 
 let phase: 'warmup' | 'measure' | 'done' = 'warmup';
 let measuredOps = 0;
