@@ -1,0 +1,295 @@
+/**
+ * drain: how many requests a shutdown loses and how long it takes, for berth and the shutdown
+ * strategies users pick instead. Reproduces SHUTDOWN.md's measurement: 50 closed-loop
+ * keep-alive clients against a 10 ms handler, SIGTERM to the server 500 ms after every client
+ * has had an answer; counted are requests written to their socket that then failed. Then the
+ * time to stop with 5,000 idle keep-alive sockets open.
+ *
+ * Each strategy is one fixture script, bench/fixtures/drain-<key>.ts, speaking the same control
+ * lines (`ready <port>`, `stopped <ms>`); adding one is adding a row here.
+ */
+
+import { join } from 'node:path';
+import { pendingUnless } from '../lib/berth-api.js';
+import { BENCH_DIR, type Child, resultOf, spawnScript, startServer } from '../lib/child.js';
+import { fmt, fmtRange, median } from '../lib/stats.js';
+import { mark, type Suite, type SuiteContext, type SuiteReport, type Table } from '../lib/suite.js';
+
+interface Strategy {
+  key: string;
+  label: string;
+  berth?: boolean;
+}
+
+const STRATEGIES: readonly Strategy[] = [
+  { key: 'berth', label: 'berth `HttpService.close()`', berth: true },
+  { key: 'core', label: 'Node core: `close()` + `closeIdleConnections()`' },
+  { key: 'http-terminator', label: 'http-terminator 3.2' },
+  { key: 'stoppable', label: 'stoppable 1.1' },
+  { key: 'terminus', label: '@godaddy/terminus 4.12' },
+  { key: 'reference', label: 'reference: SHUTDOWN.md strategy by hand (not berth)' },
+];
+
+const CLIENTS = 50;
+const TRIGGER_AT = 500; // ms after every client has had its first answer
+const IDLE_SOCKETS = 5_000;
+const DEADLINE = 5_000; // what each fixture gives its strategy
+
+const fixture = (s: Strategy) => join(BENCH_DIR, 'fixtures', `drain-${s.key}.ts`);
+
+interface DrainLoad {
+  okBefore: number;
+  okAfter: number;
+  refused: number;
+  failedAfterWrite: number;
+  failedBeforeWrite: number;
+  failedBeforeShutdown: number;
+  clientsFailed: number;
+  failedCodes: Record<string, number>;
+  lastOkAfterShutdownMs: number;
+  clientsLeftAtLimit: boolean;
+}
+
+interface DrainRun extends DrainLoad {
+  /** Signal to `stopped`, measured in the server; undefined if it never stopped. */
+  stopMs: number | undefined;
+  /** Signal sent to process exit, seen by the harness. */
+  exitMs: number;
+}
+
+interface IdleRun {
+  stopMs: number | undefined;
+  lastCloseMs: number;
+  opened: number;
+  closedAfterShutdown: number;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Sends SIGTERM by pid and times it; resolves the server's own stop time and the exit time. */
+async function shutdown(
+  server: Child,
+  bound: number,
+): Promise<{ stopMs: number | undefined; exitMs: number }> {
+  const t0 = performance.now();
+  process.kill(server.proc.pid!, 'SIGTERM');
+  const stopped = server.line(/^stopped /, bound).then(
+    (l) => Number(l.split(' ')[1]),
+    () => undefined,
+  );
+  await Promise.race([server.exited, sleep(bound)]);
+  const exitMs = performance.now() - t0;
+  return { stopMs: await stopped, exitMs };
+}
+
+async function drainRun(strategy: Strategy, after: number): Promise<DrainRun> {
+  const bound = after + DEADLINE + 10_000;
+  const { child: server, port } = await startServer(strategy.key, fixture(strategy), [], {
+    timeout: bound + 30_000,
+  });
+  let load: Child | undefined;
+  try {
+    load = spawnScript(
+      'http drain load',
+      join(BENCH_DIR, 'load', 'http-drain-load.ts'),
+      ['--port', String(port), '--clients', String(CLIENTS), '--after', String(after)],
+      { timeout: bound + 30_000 },
+    );
+    await load.line(/^running$/, 15_000);
+    await sleep(TRIGGER_AT);
+    // The load learns of the shutdown first, so no failure it sees can predate the signal.
+    load.send('shutdown');
+    await load.line(/^shutdown-ack$/, 5_000);
+    const { stopMs, exitMs } = await shutdown(server, bound);
+    const result = await resultOf<DrainLoad>(load, bound);
+    return { ...result, stopMs, exitMs };
+  } finally {
+    await load?.stop();
+    await server.stop();
+  }
+}
+
+async function idleRun(strategy: Strategy): Promise<IdleRun> {
+  const bound = DEADLINE + 10_000;
+  const fds = IDLE_SOCKETS + 1_000;
+  const { child: server, port } = await startServer(strategy.key, fixture(strategy), [], {
+    timeout: 120_000,
+    fds,
+  });
+  let load: Child | undefined;
+  try {
+    load = spawnScript(
+      'http idle load',
+      join(BENCH_DIR, 'load', 'http-idle-load.ts'),
+      ['--port', String(port), '--sockets', String(IDLE_SOCKETS)],
+      { timeout: 120_000, fds },
+    );
+    const idle = await load.line(/^idle \d+$/, 60_000);
+    if (Number(idle.split(' ')[1]) < IDLE_SOCKETS) {
+      throw new Error(
+        `${strategy.key}: only ${idle.split(' ')[1]} of ${IDLE_SOCKETS} sockets open`,
+      );
+    }
+    load.send('shutdown');
+    await load.line(/^shutdown-ack$/, 5_000);
+    const { stopMs } = await shutdown(server, bound);
+    const result = await resultOf<{
+      opened: number;
+      closedAfterShutdown: number;
+      lastCloseMs: number;
+    }>(load, 5_000).catch(() => ({
+      opened: IDLE_SOCKETS,
+      closedAfterShutdown: 0,
+      lastCloseMs: NaN,
+    }));
+    return { stopMs, ...result };
+  } finally {
+    await load?.stop();
+    await server.stop();
+  }
+}
+
+function stopCell(runs: readonly { stopMs: number | undefined }[], limitMs?: number): string {
+  const stops = runs.map((r) => r.stopMs).filter((ms): ms is number => ms !== undefined);
+  const never = runs.length - stops.length;
+  let cell = stops.length > 0 ? `${fmt(median(stops))} (${fmtRange(stops)})` : '–';
+  const late = limitMs === undefined ? 0 : stops.filter((ms) => ms >= limitMs).length;
+  // ≥ limit: the server was still answering when the clients gave up (see the notes).
+  if (late > 0) cell += ` ⚠ ${late}/${runs.length} only when clients left`;
+  if (never > 0) cell += `; ${never} run(s) never stopped`;
+  return cell;
+}
+
+function codesCell(runs: readonly DrainRun[]): string {
+  const total: Record<string, number> = {};
+  for (const r of runs)
+    for (const [code, n] of Object.entries(r.failedCodes)) total[code] = (total[code] ?? 0) + n;
+  const entries = Object.entries(total).sort((a, b) => b[1] - a[1]);
+  return entries.length === 0 ? '–' : entries.map(([c, n]) => `${c} ×${n}`).join(', ');
+}
+
+export const drainSuite: Suite = {
+  name: 'drain',
+  title: 'shutdown under load: berth vs Node core, http-terminator, stoppable, terminus',
+  target:
+    'berth loses 0 written requests in every run; time to stop with 5,000 idle keep-alive sockets < 100 ms',
+  pending: async () => undefined,
+  async run(ctx: SuiteContext): Promise<SuiteReport> {
+    const runs = ctx.rounds ?? (ctx.quick ? 2 : 5);
+    const idleRuns = ctx.quick ? 1 : 5;
+    // How long clients keep going after SIGTERM if the server keeps answering them.
+    const after = ctx.quick ? 2_000 : 5_000;
+    const notes: string[] = [];
+    const berthPending = await pendingUnless('HttpService');
+    const strategies = STRATEGIES.filter((s) => !(s.berth && berthPending));
+    if (berthPending) {
+      notes.push(
+        `berth row ${berthPending}: its fixture (bench/fixtures/drain-berth.ts) is written against the announced API and joins the run as soon as \`HttpService\` is exported.`,
+      );
+    }
+
+    const drain = new Map<string, DrainRun[]>(strategies.map((s) => [s.key, []]));
+    for (let round = 0; round < runs; round++) {
+      // Rotate the order each round so no strategy always runs first or last.
+      const order = strategies.map((_, i) => strategies[(i + round) % strategies.length]!);
+      for (const s of order) {
+        const r = await drainRun(s, after);
+        drain.get(s.key)!.push(r);
+        ctx.log(
+          `drain run ${round + 1}/${runs} ${s.key}: ${r.failedAfterWrite} failed after write (${r.clientsFailed} clients), ${r.refused} refused, stop ${r.stopMs === undefined ? 'never' : `${fmt(r.stopMs)} ms`}, exit ${fmt(r.exitMs)} ms, ok before/after ${r.okBefore}/${r.okAfter}`,
+        );
+      }
+    }
+
+    const idle = new Map<string, IdleRun[]>(strategies.map((s) => [s.key, []]));
+    for (let round = 0; round < idleRuns; round++) {
+      const order = strategies.map((_, i) => strategies[(i + round) % strategies.length]!);
+      for (const s of order) {
+        const r = await idleRun(s);
+        idle.get(s.key)!.push(r);
+        ctx.log(
+          `idle run ${round + 1}/${idleRuns} ${s.key}: stop ${r.stopMs === undefined ? 'never' : `${fmt(r.stopMs, 1)} ms`}, last socket closed ${fmt(r.lastCloseMs, 1)} ms (client view), ${r.closedAfterShutdown}/${r.opened} closed`,
+        );
+      }
+    }
+
+    const drainRows = strategies.map((s) => {
+      const rs = drain.get(s.key)!;
+      const failed = rs.map((r) => r.failedAfterWrite);
+      const allZero = failed.every((n) => n === 0);
+      return [
+        s.label,
+        failed.join(', '),
+        fmtRange(failed),
+        fmt(median(rs.map((r) => r.clientsFailed))),
+        fmt(median(rs.map((r) => r.refused))),
+        fmt(median(rs.map((r) => r.okAfter))),
+        stopCell(rs, after),
+        codesCell(rs),
+        s.berth
+          ? mark(
+              allZero,
+              `${failed.filter((n) => n > 0).length} of ${rs.length} runs lost requests`,
+            )
+          : '',
+      ];
+    });
+    const idleRows = strategies.map((s) => {
+      const rs = idle.get(s.key)!;
+      const stops = rs.map((r) => r.stopMs ?? Number.POSITIVE_INFINITY);
+      const worst = Math.max(...stops);
+      return [
+        s.label,
+        stopCell(rs),
+        fmtRange(
+          rs.map((r) => r.lastCloseMs),
+          1,
+        ),
+        s.berth ? mark(worst < 100, `worst ${fmt(worst)} ms, ${fmt(worst - 100)} ms over`) : '',
+      ];
+    });
+
+    const bad = [...drain.values()].flat().reduce((n, r) => n + r.failedBeforeShutdown, 0);
+    if (bad > 0)
+      notes.push(`${bad} requests failed before any shutdown began: the load was not clean.`);
+    const unstopped = [...drain.entries()].filter(([, rs]) =>
+      rs.some((r) => r.stopMs !== undefined && r.stopMs >= after),
+    );
+    if (unstopped.length > 0) {
+      notes.push(
+        `${unstopped.map(([k]) => k).join(', ')}: the server went on answering keep-alive clients after SIGTERM (Node 20 keeps serving open keep-alive connections after \`close()\` and sends no \`Connection: close\`), so it stopped only when the clients gave up at ${fmt(after)} ms; with clients that never pause it would not stop before its deadline or a kill.`,
+      );
+    }
+
+    const drainTable: Table = {
+      title: `Under load: ${CLIENTS} closed-loop keep-alive clients, 10 ms handler, SIGTERM ${TRIGGER_AT} ms in, ${runs} runs per strategy`,
+      columns: [
+        'strategy',
+        'failed after write, per run',
+        'range',
+        'clients hit (median)',
+        'refused cleanly (median)',
+        'answered after SIGTERM (median)',
+        'time to stop, ms: median (range)',
+        'failures seen',
+        'target: 0 every run',
+      ],
+      rows: drainRows,
+    };
+    const idleTable: Table = {
+      title: `Time to stop with ${fmt(IDLE_SOCKETS)} idle keep-alive sockets open, ${idleRuns} runs per strategy`,
+      columns: [
+        'strategy',
+        'time to stop, ms: median (range)',
+        'last socket closed, client view (ms)',
+        'target < 100 ms',
+      ],
+      rows: idleRows,
+    };
+    return {
+      method: `Each strategy serves the same app (\`setTimeout(() => res.end('ok'), 10)\`, keepAliveTimeout 30 s) in its own process and gets SIGTERM; a strategy that takes a deadline gets ${fmt(DEADLINE)} ms. Load: node:http clients, one keep-alive \`Agent\` with one socket each; a request counts as *failed after write* when it failed (ECONNRESET, socket hang up, EPIPE) after its bytes were written to the socket ('finish'), and as *refused* when a new connection got ECONNREFUSED (clean, retryable). After SIGTERM clients continue until refused or for at most ${fmt(after)} ms. *Time to stop* runs from the signal's arrival in the server to its listener and last connection being closed, measured in the server process. Strategies run in rotating order.`,
+      tables: [drainTable, idleTable],
+      notes,
+    };
+  },
+};
