@@ -240,7 +240,8 @@ export class TaskConnection {
   /** The client's initial window per task. */
   #window = 0;
   readonly #tasks = new Map<number, ServerTask>();
-  #parseQueue: ServerTask[] = [];
+  /** Tasks whose message is complete, waiting for their parse turn (taken from `#parseHead`). */
+  #parseQueue: (ServerTask | undefined)[] = [];
   #parseHead = 0;
   #parsing = false;
   /** Message bytes held for tasks still receiving or waiting to be parsed. */
@@ -776,10 +777,10 @@ export class TaskConnection {
   }
 
   #pumpParse(): void {
-    const queue = this.#parseQueue;
-    while (!this.#parsing && this.#parseHead < queue.length) {
+    while (!this.#parsing && this.#parseHead < this.#parseQueue.length) {
+      const queue = this.#parseQueue;
       const task = queue[this.#parseHead]!;
-      queue[this.#parseHead++] = undefined as unknown as ServerTask;
+      queue[this.#parseHead++] = undefined;
       if (this.#parseHead === queue.length) {
         this.#parseQueue = [];
         this.#parseHead = 0;

@@ -10,7 +10,12 @@ import { addAbortListener } from 'node:events';
 import { createServer, Server } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Histogram, Registry } from 'prom-client';
-import { InvalidOptionError, ServiceClosingError, ShutdownTimeoutError } from '../errors.js';
+import {
+  InvalidOptionError,
+  ServiceClosingError,
+  ServiceFailedError,
+  ShutdownTimeoutError,
+} from '../errors.js';
 import {
   type FdTarget,
   LISTEN_KEYS,
@@ -197,6 +202,9 @@ export class TaskServer implements Service {
     const signal = optional(options.signal, undefined, (v) => validateAbortSignal(v, 'signal'));
     const registry = options.registry === undefined ? defaultRegistry : options.registry;
     const target = parseListenTarget(options, 'TaskServer');
+    if (!target && options.server === undefined) {
+      throw new ServiceFailedError(this.name, 'nowhere to listen: give port, path, fd or server');
+    }
     const server =
       options.server === undefined
         ? createServer({ allowHalfOpen: true, noDelay: true })
