@@ -254,6 +254,7 @@ export class TaskClient {
   #fatal: { code: number; message: string } | undefined;
   #error: Error | undefined;
   #closing: Promise<void> | undefined;
+  #closeRequested = false;
   #connectionClosed = false;
   #taskNames: Promise<Map<string, number>> | undefined;
   #resolveClosed!: () => void;
@@ -446,10 +447,11 @@ export class TaskClient {
         void this.destroy(signal.reason as Error);
       });
     }
+    // Keep-alives go at least every half wait timeout, so the server never sees us idle; with
+    // keepAlive 0 there are none and the server's wait timeout applies.
     let interval = options.keepAlive;
-    if (hello.waitTimeout > 0) {
-      const half = Math.floor(hello.waitTimeout / 2);
-      interval = interval > 0 ? Math.min(interval, half) : half;
+    if (interval > 0 && hello.waitTimeout > 0) {
+      interval = Math.min(interval, Math.max(1, Math.floor(hello.waitTimeout / 2)));
     }
     this.#keepAliveInterval = interval;
     const enabled = [options.responseTimeout, interval, options.keepAliveTimeout].filter(
@@ -587,6 +589,8 @@ export class TaskClient {
    */
   close(): Promise<void> {
     if (this.#closing) return this.#closing;
+    // Until the connection is gone, it keeps the process alive: someone awaits this close.
+    this.#closeRequested = true;
     this.#closing = new Promise<void>((resolve) => {
       if (this.#connectionClosed) {
         resolve();
@@ -764,14 +768,19 @@ export class TaskClient {
     }
   }
 
-  /** Grants the server more window for a call, once it has used half. */
+  /**
+   * Tops the server's allowance for a call back up to the window once half is used. A buffered
+   * call does it as bytes arrive; a stream only when its reader asks for more (`_read`), so an
+   * unread stream holds at most the window plus the stream's own buffer. (Node calls `_read`
+   * before it removes the chunk being read and not again until the next push, so the rule looks
+   * only at what the server may still send, never at what the reader has taken.)
+   */
   #grant(call: Call): void {
     if (call.answered || call.id < 0) return;
     const window = this.#options.window;
-    const consumed =
-      call.mode === CALL_STREAM ? call.received - call.readable!.readableLength : call.received;
-    const increment = consumed + window - call.granted;
-    if (increment >= window / 2 && increment > 0) {
+    const outstanding = call.granted - call.received;
+    if (outstanding <= window / 2) {
+      const increment = window - outstanding;
       call.granted += increment;
       this.#outbox!.frame(
         ClientFrame.WINDOW,
@@ -916,8 +925,8 @@ export class TaskClient {
             this.#settle(call, undefined);
           }
         }
-      } else if (!call.settled) {
-        this.#grant(call);
+      } else if (!call.settled && call.mode === CALL_BUFFER) {
+        this.#grant(call); // a stream grants when its reader asks (_read)
       }
       return;
     }
@@ -1042,7 +1051,7 @@ export class TaskClient {
   #updateRef(): void {
     const socket = this.#socket as Partial<Socket>;
     if (typeof socket.ref !== 'function' || typeof socket.unref !== 'function') return;
-    if (this.#userCalls > 0 || this.#closing) socket.ref();
+    if (this.#userCalls > 0 || this.#closeRequested) socket.ref();
     else socket.unref();
   }
 
