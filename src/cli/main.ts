@@ -6,6 +6,7 @@
 
 import { addAbortListener } from 'node:events';
 import { TcpService } from '../index.js';
+import { callCommand } from './call.js';
 
 async function demo(): Promise<number> {
   const echo = new TcpService({
@@ -37,9 +38,9 @@ async function demo(): Promise<number> {
   }
 }
 
-const [command = 'demo'] = process.argv.slice(2);
-if (command !== 'demo') {
+const [command = 'demo', ...rest] = process.argv.slice(2);
+if (command === 'call') process.exitCode = await callCommand(rest);
+else if (command !== 'demo') {
   console.error(`berth: unknown command ${JSON.stringify(command)}\nusage: berth demo`);
   process.exit(2);
-}
-process.exitCode = await demo();
+} else process.exitCode = await demo();
