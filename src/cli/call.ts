@@ -76,7 +76,10 @@ export function parseAddress(text: string): Pick<TaskClientOptions, 'host' | 'po
   return { host, port };
 }
 
-function describeError(err: unknown): string {
+function describeError(err: unknown, timeout: number | undefined): string {
+  if (err instanceof TaskTimeoutError && timeout !== undefined) {
+    return `timed out after ${timeout} ms (--timeout); the task was cancelled`;
+  }
   if (err instanceof TaskError) {
     const name = errorCodeName(err.errorCode);
     return `error ${err.errorCode}${name ? ` (${name})` : ''}: ${err.message}`;
@@ -127,6 +130,7 @@ async function write(chunk: Buffer): Promise<void> {
  */
 export async function callCommand(args: string[]): Promise<number> {
   let client: TaskClient | undefined;
+  let timeout: number | undefined;
   try {
     const { values, positionals } = parseArgs({
       args,
@@ -154,7 +158,6 @@ export async function callCommand(args: string[]): Promise<number> {
     if (byteOrder !== 'le' && byteOrder !== 'be') {
       throw new UsageError(`--byte-order must be le or be, got ${JSON.stringify(byteOrder)}`);
     }
-    let timeout: number | undefined;
     if (values.timeout !== undefined) {
       timeout = /^\d+$/.test(values.timeout) ? Number(values.timeout) : Number.NaN;
       if (!Number.isSafeInteger(timeout)) {
@@ -192,7 +195,7 @@ export async function callCommand(args: string[]): Promise<number> {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EPIPE') return CALL_EXIT.OK; // `| head` stopped reading
     const code = exitCodeFor(err);
-    process.stderr.write(`berth call: ${describeError(err)}\n`);
+    process.stderr.write(`berth call: ${describeError(err, timeout)}\n`);
     if (code === CALL_EXIT.USAGE) process.stderr.write(`${USAGE}\n`);
     return code;
   } finally {
