@@ -575,11 +575,11 @@ test('the decoder hands out views of whole frames and joins split payloads once'
   const decoder = new FrameDecoder({ byteOrder: order, maxPayload: MAX, source: 'client' });
   const frames: Frame[] = [];
   const both = Buffer.concat([a, b]);
-  decoder.push(both.subarray(0, a.length + 15), (f) => frames.push(f));
+  decoder.push(both.subarray(0, a.length + 15), (f) => frames.push({ ...f }));
   assert.equal(frames.length, 1);
   assert.equal(frames[0]!.payload.buffer, both.buffer, 'a whole frame is a view, not a copy');
   assert.equal(decoder.buffered, 15);
-  decoder.push(both.subarray(a.length + 15), (f) => frames.push(f));
+  decoder.push(both.subarray(a.length + 15), (f) => frames.push({ ...f }));
   assert.equal(frames[1]!.payload.toString(), 'world!');
   assert.equal(decoder.buffered, 0);
   decoder.end();

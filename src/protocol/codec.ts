@@ -28,7 +28,11 @@ import {
   ServerFrame,
 } from './codes.js';
 
-/** One decoded frame. `payload` may be a view into the bytes that were pushed. */
+/**
+ * One decoded frame. `payload` may be a view into the bytes that were pushed. The decoder hands
+ * the same `Frame` object to every `onFrame` call (it decodes at a high rate and this saves an
+ * allocation per frame): copy the fields you keep. The `payload` Buffer itself is never reused.
+ */
 export interface Frame {
   type: number;
   flags: number;
@@ -436,6 +440,8 @@ export class FrameDecoder {
   #headLength = 0;
   /** The frame whose payload is arriving in pieces. */
   #frame: Frame | undefined;
+  /** The one object every frame is decoded into. */
+  readonly #current: Frame = { type: 0, flags: 0, code: 0, id: 0, payload: EMPTY };
   #need = 0;
   #parts: Buffer[] = [];
   #filled = 0;
@@ -454,8 +460,9 @@ export class FrameDecoder {
   }
 
   /**
-   * Feeds a chunk. Calls `onFrame` for each frame completed by it. Throws `TaskProtocolError` at
-   * the first header that breaks the rules (and again on every later push).
+   * Feeds a chunk. Calls `onFrame` for each frame completed by it (with the same object each
+   * time: copy what you keep). Throws `TaskProtocolError` at the first header that breaks the
+   * rules (and again on every later push).
    */
   push(chunk: Uint8Array, onFrame: (frame: Frame) => void): void {
     if (this.#failed) throw this.#failed;
@@ -571,7 +578,13 @@ export class FrameDecoder {
       );
     }
     this.#need = length;
-    return { type, flags, code, id, payload: EMPTY };
+    const frame = this.#current;
+    frame.type = type;
+    frame.flags = flags;
+    frame.code = code;
+    frame.id = id;
+    frame.payload = EMPTY;
+    return frame;
   }
 
   #emit(frame: Frame, payload: Buffer, onFrame: (frame: Frame) => void): void {

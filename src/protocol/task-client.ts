@@ -178,8 +178,6 @@ class Call {
   lastFrameAt = 0;
   /** Any frame came for it: the server started it. */
   heard = false;
-  /** The START is on its way (or out): the id is held until the final frame. */
-  sent = false;
   /** The final frame arrived (or the connection ended). */
   answered = false;
   /** The caller has its outcome. */
@@ -196,6 +194,47 @@ class Call {
     this.mode = mode;
     this.body = body;
     this.user = user;
+  }
+}
+
+/**
+ * The active calls by id. The client picks small ids and takes a freed one again (the protocol
+ * lets an id be reused once its final frame has arrived, and never before), so the table is a
+ * plain array and a free list: no hashing and no table churn on the hot path.
+ */
+class CallTable {
+  #slots: (Call | undefined)[] = [];
+  #free: number[] = [];
+  size = 0;
+
+  /** Stores `call` under a free id and returns the id. */
+  add(call: Call): number {
+    const id = this.#free.length > 0 ? this.#free.pop()! : this.#slots.length;
+    this.#slots[id] = call;
+    this.size++;
+    return id;
+  }
+
+  get(id: number): Call | undefined {
+    return id < this.#slots.length ? this.#slots[id] : undefined;
+  }
+
+  delete(id: number): void {
+    if (id < this.#slots.length && this.#slots[id] !== undefined) {
+      this.#slots[id] = undefined;
+      this.#free.push(id);
+      this.size--;
+    }
+  }
+
+  values(): Call[] {
+    return this.#slots.filter((c): c is Call => c !== undefined);
+  }
+
+  clear(): void {
+    this.#slots = [];
+    this.#free = [];
+    this.size = 0;
   }
 }
 
@@ -237,9 +276,8 @@ export class TaskClient {
   #server: ServerHello | undefined;
   #decoder: FrameDecoder | undefined;
   #outbox: Outbox | undefined;
-  readonly #calls = new Map<number, Call>();
+  readonly #calls = new CallTable();
   readonly #queue: Call[] = [];
-  #nextId = 1;
   #userCalls = 0;
   #callsTotal = 0;
   #bytesIn = 0;
@@ -688,15 +726,12 @@ export class TaskClient {
 
   #send(call: Call): void {
     const calls = this.#calls;
-    let id = this.#nextId;
-    while (calls.has(id)) id = (id + 1) >>> 0;
-    this.#nextId = (id + 1) >>> 0;
+    const id = calls.add(call);
     call.id = id;
     call.granted = this.#options.window;
     // 0: the watchdog starts the call's response clock at its next tick (no clock read here).
     call.lastFrameAt = 0;
     this.#sentSinceCheck = true;
-    calls.set(id, call);
     const outbox = this.#outbox!;
     const body = call.body;
     const limit = this.#server!.maxMessageSize;
@@ -720,7 +755,6 @@ export class TaskClient {
         this.#next();
         return;
       }
-      call.sent = true;
       if (n <= outbox.frameSize) {
         outbox.frame(ClientFrame.START, FLAG_END, call.code, id, bytes);
       } else {
@@ -756,12 +790,10 @@ export class TaskClient {
             `message of at least ${size} bytes is over the server's limit of ${limit}`,
           );
         }
-        call.sent = true;
         outbox.push(out, bytes);
         if (out.full) await out.whenReady();
       }
       if (out.done || call.answered) return;
-      call.sent = true;
       outbox.end(out);
     } catch (err) {
       this.#cancelCall(call, err as Error);
@@ -1007,7 +1039,7 @@ export class TaskClient {
     for (const call of this.#queue.splice(0)) {
       this.#settle(call, error ?? this.#goodbyeError('the call was never sent'));
     }
-    for (const call of [...this.#calls.values()]) {
+    for (const call of this.#calls.values()) {
       call.answered = true;
       if (call.out) call.out.done = true;
       if (!call.settled) {
