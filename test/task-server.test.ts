@@ -535,8 +535,10 @@ test('metrics: clients, tasks by code and outcome, durations, bytes, in the give
     s.register(2, () => {
       throw new TaskError(3, 'no');
     });
+    s.register(3, () => sleep(30), 'slow');
   });
   const client = await connectClient(t, port);
+  await client.call(3);
   await client.call(1, 'a');
   await client.call(1, 'b');
   await assert.rejects(client.call(2));
@@ -563,6 +565,23 @@ test('metrics: clients, tasks by code and outcome, durations, bytes, in the give
     line(/^berth_task_duration_seconds_count\{service="tasks",code="1",task="echo"\}/),
     2,
   );
+  // The 30 ms task: never in a bucket under 30 ms, always in +Inf; the sum at least 30 ms.
+  const slow = (le: string) => {
+    const prefix = `berth_task_duration_seconds_bucket{service="tasks",code="3",task="slow",le="${le}"} `;
+    const found = text.split('\n').find((l) => l.startsWith(prefix));
+    assert.ok(found, `no ${prefix}`);
+    return Number(found.slice(prefix.length));
+  };
+  assert.equal(slow('0.025'), 0);
+  assert.equal(slow('+Inf'), 1);
+  assert.ok(
+    line(/^berth_task_duration_seconds_sum\{service="tasks",code="3",task="slow"\}/) >= 0.029,
+  );
+  assert.equal(
+    line(/^berth_task_duration_seconds_count\{service="tasks",code="2",task="2"\}/),
+    1,
+    'tasks that failed are timed too',
+  );
   assert.equal(line(/^berth_task_clients\{service="tasks"\}/), 1);
   assert.equal(line(/^berth_task_clients_total\{service="tasks"\}/), 1);
   assert.equal(line(/^berth_task_in_flight\{service="tasks"\}/), 0);
@@ -580,7 +599,7 @@ test('metrics: clients, tasks by code and outcome, durations, bytes, in the give
       ),
     'berth_task_tasks_total{service="tasks",code="1",task="echo",outcome="ok"} 3',
   );
-  assert.equal(server.stats.tasksTotal, 5);
+  assert.equal(server.stats.tasksTotal, 6);
 });
 
 test('a client connecting is published on berth:task:client, and its leaving on berth:task:disconnect', async (t) => {

@@ -163,6 +163,8 @@ class ServerTask implements TaskContext {
   readonly code: number;
   readonly entry: TaskEntry;
   readonly client: TaskConnection;
+  /** Increasing per connection: start order. */
+  readonly seq: number;
   /** performance.now() at START. */
   readonly startedAt: number;
   state = RECEIVING;
@@ -184,6 +186,7 @@ class ServerTask implements TaskContext {
 
   constructor(
     client: TaskConnection,
+    seq: number,
     id: number,
     code: number,
     entry: TaskEntry,
@@ -191,6 +194,7 @@ class ServerTask implements TaskContext {
     credit: number,
   ) {
     this.client = client;
+    this.seq = seq;
     this.id = id;
     this.code = code;
     this.entry = entry;
@@ -223,6 +227,52 @@ class ServerTask implements TaskContext {
   }
 }
 
+/** Ids below this are kept in an array; larger ones in a Map. */
+const DENSE_IDS = 4_096;
+
+/**
+ * A client's active tasks by id. The client picks ids; most clients (TaskClient included) reuse
+ * small ones, which live in an array, so the common case does no hashing and no table churn.
+ * Other ids go to a Map. Iteration order is not start order: sort by `seq` where it matters.
+ */
+class TaskTable {
+  #dense: (ServerTask | undefined)[] = [];
+  #sparse: Map<number, ServerTask> | undefined;
+  size = 0;
+
+  get(id: number): ServerTask | undefined {
+    return id < DENSE_IDS ? this.#dense[id] : this.#sparse?.get(id);
+  }
+
+  set(id: number, task: ServerTask): void {
+    if (id < DENSE_IDS) this.#dense[id] = task;
+    else {
+      this.#sparse ??= new Map();
+      this.#sparse.set(id, task);
+    }
+    this.size++;
+  }
+
+  delete(id: number): void {
+    if (id < DENSE_IDS) {
+      if (this.#dense[id] === undefined) return;
+      this.#dense[id] = undefined;
+    } else if (!this.#sparse?.delete(id)) {
+      return;
+    }
+    this.size--;
+  }
+
+  /** A copy, safe to iterate while tasks end. */
+  values(): ServerTask[] {
+    if (this.size === 0) return [];
+    const out: ServerTask[] = [];
+    for (const task of this.#dense) if (task !== undefined) out.push(task);
+    if (this.#sparse) for (const task of this.#sparse.values()) out.push(task);
+    return out;
+  }
+}
+
 /** The server's view of one client connection. */
 export class TaskConnection {
   /** Increasing from 1 within the server. */
@@ -239,7 +289,7 @@ export class TaskConnection {
   #byteOrder: ByteOrder | undefined;
   /** The client's initial window per task. */
   #window = 0;
-  readonly #tasks = new Map<number, ServerTask>();
+  readonly #tasks = new TaskTable();
   /** Tasks whose message is complete, waiting for their parse turn (taken from `#parseHead`). */
   #parseQueue: (ServerTask | undefined)[] = [];
   #parseHead = 0;
@@ -334,13 +384,16 @@ export class TaskConnection {
 
   /** The ids of the active tasks, ascending. */
   tasks(): number[] {
-    return [...this.#tasks.keys()].sort((a, b) => a - b);
+    return this.#tasks
+      .values()
+      .map((t) => t.id)
+      .sort((a, b) => a - b);
   }
 
   /** The codes of the active tasks, each once, in the order of its oldest task. */
   taskCodes(): number[] {
     const codes = new Set<number>();
-    for (const task of this.#tasks.values()) codes.add(task.code);
+    for (const task of this.#tasks.values().sort((a, b) => a.seq - b.seq)) codes.add(task.code);
     return [...codes];
   }
 
@@ -384,7 +437,7 @@ export class TaskConnection {
   /** Cancels every active task (as `cancel`); returns how many. */
   cancelAll(): number {
     let n = 0;
-    for (const task of [...this.#tasks.values()]) {
+    for (const task of this.#tasks.values()) {
       if (
         this.#cancel(
           task,
@@ -563,7 +616,7 @@ export class TaskConnection {
 
   #onStart(frame: Frame): void {
     const id = frame.id;
-    if (this.#tasks.has(id)) {
+    if (this.#tasks.get(id) !== undefined) {
       this.#fatal(ErrorCode.DUPLICATE_TASK_ID, `task id ${id} is already active`, id, true);
       return;
     }
@@ -603,7 +656,15 @@ export class TaskConnection {
       );
       return;
     }
-    const task = new ServerTask(this, id, code, entry, this.#lastReadAt, this.#window);
+    const task = new ServerTask(
+      this,
+      this.#tasksTotal,
+      id,
+      code,
+      entry,
+      this.#lastReadAt,
+      this.#window,
+    );
     this.#tasks.set(id, task);
     counters.inFlight++;
     if ((frame.flags & FLAG_END) !== 0) {
@@ -1047,7 +1108,7 @@ export class TaskConnection {
   /** Drops every task without an answer (the connection is ending). */
   #abandon(reason: Error): void {
     if (this.#tasks.size === 0) return;
-    for (const task of [...this.#tasks.values()]) {
+    for (const task of this.#tasks.values()) {
       task.abort(reason);
       this.#stopResponse(task);
       task.parts = undefined;
@@ -1062,7 +1123,7 @@ export class TaskConnection {
   #cutAtDeadline(): void {
     this.#deadline = undefined;
     if (this.#state >= CLOSING) return;
-    const tasks = [...this.#tasks.values()];
+    const tasks = this.#tasks.values();
     const reason = new TaskCancelledError(this.#cutMessage);
     for (const task of tasks) {
       task.abort(reason);

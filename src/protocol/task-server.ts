@@ -9,7 +9,7 @@ import { channel } from 'node:diagnostics_channel';
 import { addAbortListener } from 'node:events';
 import { createServer, Server } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { Histogram, Registry } from 'prom-client';
+import type { Registry } from 'prom-client';
 import {
   InvalidOptionError,
   ServiceClosingError,
@@ -142,8 +142,8 @@ export class TaskServer implements Service {
   readonly #counters = new TaskCounters();
   readonly #connections = new Set<TaskConnection>();
   readonly #core: ServerCore;
-  readonly #histogram: Histogram<string> | undefined;
-  readonly #durations: ({ observe(v: number): void } | undefined)[] = [];
+  /** Durations are timed only when there is a registry to report them to. */
+  readonly #timed: boolean;
   readonly #waiters = new Set<() => void>();
   readonly #closed: Promise<void>;
   #closing: Promise<void> | undefined;
@@ -252,8 +252,9 @@ export class TaskServer implements Service {
       registry,
       handler: (socket, ctx) => this.#serve(socket, ctx),
     });
+    this.#timed = registry !== null;
     if (registry) {
-      this.#histogram = exportTaskMetrics(
+      exportTaskMetrics(
         registry,
         this.name,
         () => this.stats,
@@ -427,15 +428,7 @@ export class TaskServer implements Service {
   }
 
   #observe(code: number, startedAt: number): void {
-    const histogram = this.#histogram;
-    if (!histogram) return;
-    const seconds = (performance.now() - startedAt) / 1_000;
-    let child = this.#durations[code];
-    if (!child) {
-      child = histogram.labels(this.name, String(code), this.#entries[code]?.name ?? String(code));
-      this.#durations[code] = child;
-    }
-    child.observe(seconds);
+    if (this.#timed) this.#counters.observe(code, (performance.now() - startedAt) / 1_000);
   }
 
   // --- the Service contract -------------------------------------------------------------------------
