@@ -189,6 +189,18 @@ test('response timeout: a task the server is silent about fails the call and is 
   await waitFor(() => server.stats.outcomes.cancelled === 1, 'the cancel to be counted');
 });
 
+test('response timeout: a stream whose reader pauses is waiting on its reader, not on the server', async (t) => {
+  const { port } = await startTaskServer(t, { processingInterval: 0 }, (s) =>
+    s.register(1, () => Buffer.alloc(1_000_000, 'p')),
+  );
+  const client = await connectClient(t, port, { responseTimeout: 150, window: 65_536 });
+  const stream = client.stream(1);
+  await sleep(600); // the window is used up and nothing is read for four response timeouts
+  let total = 0;
+  for await (const chunk of stream) total += (chunk as Buffer).length;
+  assert.equal(total, 1_000_000);
+});
+
 test("a call's own timeout cancels it on the server", async (t) => {
   let reason: unknown;
   const { port } = await startTaskServer(t, {}, (s) =>

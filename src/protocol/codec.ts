@@ -417,6 +417,7 @@ export function frameTypeName(type: number, source: FrameSource): string {
   return (source === 'client' ? CLIENT_RULES : SERVER_RULES)[type]?.name ?? hex(type);
 }
 
+/** How a `FrameDecoder` reads: the connection's byte order, its limit, and whose frames. */
 export interface FrameDecoderOptions {
   byteOrder: ByteOrder;
   /** The largest payload this side advertised; a longer frame is an error (224). */

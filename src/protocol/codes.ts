@@ -10,8 +10,9 @@ export const PROTOCOL_VERSION = 1;
 /** `BRTH`: the first four bytes of every hello. */
 export const MAGIC = Object.freeze([0x42, 0x52, 0x54, 0x48] as const);
 
-/** Byte-order bytes of the client hello: ASCII `L` and `B`. */
+/** The client hello's byte-order byte for little-endian: ASCII `L`. */
 export const BYTE_ORDER_LE = 0x4c;
+/** The client hello's byte-order byte for big-endian: ASCII `B`. */
 export const BYTE_ORDER_BE = 0x42;
 
 /** The byte order a connection uses for every multi-byte integer after the hello. */

@@ -83,6 +83,7 @@ export class OutStream {
   }
 }
 
+/** What an `Outbox` needs to know about its connection. */
 export interface OutboxOptions {
   byteOrder: ByteOrder;
   /** The peer's max frame payload. */
@@ -117,6 +118,7 @@ class Ring {
   }
 }
 
+/** The frames waiting to go out on one connection, and the streams sending in turn. */
 export class Outbox {
   readonly #socket: Duplex;
   readonly #encoder: FrameEncoder;

@@ -65,6 +65,7 @@ export type TaskBody =
   | AsyncIterable<Uint8Array | string>
   | Iterable<Uint8Array | string>;
 
+/** Options of `TaskClient.connect()`. Defaults: `TASK_CLIENT_DEFAULTS`. */
 export interface TaskClientOptions {
   /** @default '127.0.0.1' when `port` is given */
   host?: string;
@@ -91,6 +92,7 @@ export interface TaskClientOptions {
   keepAliveTimeout?: number;
 }
 
+/** Options of one call (`call`, `stream`, `ping`). */
 export interface CallOptions {
   /** Aborting it cancels the call: the server gets CANCEL, the call rejects with the reason. */
   signal?: AbortSignal;
@@ -105,6 +107,7 @@ export interface TaskInfo {
   name: string;
 }
 
+/** A snapshot of a client's counters. */
 export interface TaskClientStats {
   /** Calls sent and not yet answered (cancelled calls count until the server's answer). */
   callsInFlight: number;
@@ -115,6 +118,7 @@ export interface TaskClientStats {
   bytesOut: number;
 }
 
+/** The defaults of `TaskClientOptions`. */
 export const TASK_CLIENT_DEFAULTS = Object.freeze({
   host: '127.0.0.1',
   byteOrder: 'le' as ByteOrder,
@@ -269,6 +273,10 @@ interface ResolvedOptions {
   address: string;
 }
 
+/**
+ * A task-protocol client: one connection, many calls at once. Make one with
+ * `TaskClient.connect()`; see docs/task-client.md.
+ */
 export class TaskClient {
   readonly #socket: Duplex;
   readonly #options: ResolvedOptions;
@@ -529,6 +537,7 @@ export class TaskClient {
     return this.#closed;
   }
 
+  /** A plain snapshot of the client's counters. */
   get stats(): TaskClientStats {
     return {
       callsInFlight: this.#calls.size,
@@ -661,6 +670,7 @@ export class TaskClient {
     });
   }
 
+  /** `await using` closes the client. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
@@ -717,7 +727,7 @@ export class TaskClient {
     }
     this.#callsTotal++;
     if (call.user && ++this.#userCalls === 1) this.#updateRef();
-    if (this.#calls.size >= this.#server!.maxTasksInFlight) {
+    if (this.#calls.size >= this.#maxInFlight()) {
       this.#queue.push(call);
       return;
     }
@@ -870,9 +880,14 @@ export class TaskClient {
     this.#maybeEndSocket();
   }
 
+  /** The server's limit (a server that says 0 still gets one call at a time, not none). */
+  #maxInFlight(): number {
+    return Math.max(1, this.#server!.maxTasksInFlight);
+  }
+
   /** A slot is free: send the next queued call. */
   #next(): void {
-    const limit = this.#server!.maxTasksInFlight;
+    const limit = this.#maxInFlight();
     while (this.#queue.length > 0 && this.#calls.size < limit) {
       const call = this.#queue.shift()!;
       if (!call.settled) this.#send(call);
@@ -1097,7 +1112,9 @@ export class TaskClient {
     }
     if (options.responseTimeout > 0) {
       for (const call of this.#calls.values()) {
-        if (call.lastFrameAt === 0) {
+        // A call whose window is used up waits on its reader, not on the server: its
+        // silence is expected, so its clock starts again.
+        if (call.lastFrameAt === 0 || call.granted - call.received <= 0) {
           call.lastFrameAt = now;
           continue;
         }

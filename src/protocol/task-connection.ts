@@ -352,18 +352,22 @@ export class TaskConnection {
     return this.#state === OPEN || this.#state === GOODBYE;
   }
 
+  /** The client's address (undefined over a stream that is not a socket). */
   get remoteAddress(): string | undefined {
     return (this.#socket as { remoteAddress?: string }).remoteAddress;
   }
 
+  /** The client's port. */
   get remotePort(): number | undefined {
     return (this.#socket as { remotePort?: number }).remotePort;
   }
 
+  /** The server's address on this connection. */
   get localAddress(): string | undefined {
     return (this.#socket as { localAddress?: string }).localAddress;
   }
 
+  /** The server's port on this connection. */
   get localPort(): number | undefined {
     return (this.#socket as { localPort?: number }).localPort;
   }
@@ -373,6 +377,7 @@ export class TaskConnection {
     return this.#tasks.size;
   }
 
+  /** A plain snapshot of this client's counters. */
   get stats(): TaskConnectionStats {
     return {
       tasksInFlight: this.#tasks.size,

@@ -27,8 +27,10 @@ export const OUTCOMES = [
   'abandoned',
 ] as const;
 
+/** How a task ended: `ok`, `error`, `internal`, `cancelled`, `rejected`, `shutdown` or `abandoned`. */
 export type Outcome = (typeof OUTCOMES)[number];
 
+/** Each outcome's index in the counters. */
 export const Outcome = Object.freeze({
   OK: 0,
   ERROR: 1,

@@ -47,6 +47,7 @@ import { LINGER_MS, type ServerCore, TaskConnection, type TaskLimits } from './t
 import { normalizeTask, type Task, type TaskEntry, type TaskHandler } from './task-definition.js';
 import { exportTaskMetrics, TaskCounters, type TaskServerStats } from './task-metrics.js';
 
+/** Options of `new TaskServer()`. Defaults: `TASK_SERVER_DEFAULTS`. */
 export interface TaskServerOptions extends Partial<PortTarget & PathTarget & FdTarget> {
   /** Unique within a runner; the `service` label of every metric. @default 'task' */
   name?: string;
@@ -85,6 +86,7 @@ export interface TaskServerOptions extends Partial<PortTarget & PathTarget & FdT
   registry?: Registry | null;
 }
 
+/** The defaults of `TaskServerOptions`. */
 export const TASK_SERVER_DEFAULTS = Object.freeze({
   name: 'task',
   maxFramePayload: 1_048_576, // 1 MiB
@@ -132,6 +134,15 @@ export interface RegisteredTask {
   name: string | undefined;
 }
 
+/**
+ * The task protocol's server: register tasks, `start()`, and `close()` to drain. See
+ * docs/task-server.md.
+ *
+ * @example
+ * const server = new TaskServer({ port: 8082 });
+ * server.register(1, (message) => message, 'echo');
+ * await server.start();
+ */
 export class TaskServer implements Service {
   readonly name: string;
   readonly #tcp: TcpService;
@@ -433,6 +444,7 @@ export class TaskServer implements Service {
 
   // --- the Service contract -------------------------------------------------------------------------
 
+  /** `starting`, `ready`, `draining` or `closed`. */
   get state(): ServiceState {
     return this.#tcp.state;
   }
@@ -446,6 +458,7 @@ export class TaskServer implements Service {
     return this.#closed;
   }
 
+  /** A plain snapshot of the server's counters (docs/task-server.md, "Stats and metrics"). */
   get stats(): TaskServerStats {
     const c = this.#counters;
     const tcp = this.#tcp.stats;
@@ -502,6 +515,7 @@ export class TaskServer implements Service {
     return this.#tcp.destroy(error);
   }
 
+  /** `await using` closes the server. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
