@@ -137,6 +137,10 @@ test('the close deadline: tasks still running are cancelled and answered with 20
   await assert.rejects(server.close({ timeout: 200 }), (err: unknown) => {
     assert.ok(err instanceof ShutdownTimeoutError);
     assert.equal(err.remaining, 2);
+    assert.match(
+      err.message,
+      /close timed out after 200 ms; 2 task\(s\) still running were cancelled/,
+    );
     return true;
   });
   const took = Date.now() - started;

@@ -521,7 +521,11 @@ export class TaskServer implements Service {
   }
 
   #cutError(): void {
-    if (this.#cut > 0) throw new ShutdownTimeoutError(this.name, this.#closeTimeout, this.#cut);
+    if (this.#cut === 0) return;
+    const error = new ShutdownTimeoutError(this.name, this.#closeTimeout, this.#cut);
+    // The shared message counts connections; what the deadline cut here is tasks.
+    error.message = `${this.name}: close timed out after ${this.#closeTimeout} ms; ${this.#cut} task(s) still running were cancelled and answered with Error 204`;
+    throw error;
   }
 
   #publishClose(error: Error | undefined): void {
