@@ -56,6 +56,9 @@ for (const byteOrder of ['le', 'be'] as const) {
       'abcdefghijklmnopqrstuvwxyz'.repeat(4000).slice(99_990, 100_000),
     );
     assert.equal((await client.call('bytes', '0')).length, 0);
+    let streamed = '';
+    for await (const chunk of client.stream('bytes', '70000')) streamed += String(chunk);
+    assert.equal(streamed, 'abcdefghijklmnopqrstuvwxyz'.repeat(2_700).slice(0, 70_000));
     await assert.rejects(client.call('fail'), isTaskError(42, /^this task always fails$/));
     await assert.rejects(client.call('sum', '1 two'), isTaskError(1, /not a number: "two"/));
     await assert.rejects(

@@ -167,7 +167,8 @@ const CALL_STREAM = 1;
 /** One call: its task on the wire and how its answer reaches the caller. */
 class Call {
   id = -1;
-  readonly code: number;
+  /** The task code (for a stream called by name, set once the name is looked up). */
+  code: number;
   readonly mode: number;
   readonly body: TaskBody;
   /** A user's call (not a keep-alive): keeps the socket ref'd. */
@@ -186,6 +187,8 @@ class Call {
   answered = false;
   /** The caller has its outcome. */
   settled = false;
+  /** Counted among the user's calls (so settling it uncounts it). */
+  counted = false;
   out: OutStream | undefined;
   resolve: ((value: Buffer) => void) | undefined;
   reject: ((error: Error) => void) | undefined;
@@ -574,24 +577,7 @@ export class TaskClient {
    * before its end cancels the task.
    */
   stream(task: number | string, body?: TaskBody, options?: CallOptions): Readable {
-    if (typeof task === 'string') {
-      const out = new Readable({ read() {} });
-      this.#resolveName(task).then(
-        (code) => {
-          const inner = this.stream(code, body, options);
-          inner.on('data', (chunk: Buffer) => {
-            if (!out.push(chunk)) inner.pause();
-          });
-          out._read = () => inner.resume();
-          inner.on('end', () => out.push(null));
-          inner.on('error', (err) => out.destroy(err));
-          out.on('close', () => inner.destroy());
-        },
-        (err: Error) => out.destroy(err),
-      );
-      return out;
-    }
-    const call = new Call(task, CALL_STREAM, body, true);
+    const call = new Call(typeof task === 'number' ? task : 0, CALL_STREAM, body, true);
     call.readable = new ResponseStream(
       () => this.#grant(call),
       (error) => {
@@ -604,7 +590,18 @@ export class TaskClient {
         }
       },
     );
-    this.#begin(call, options);
+    if (typeof task === 'string') {
+      this.#resolveName(task).then(
+        (code) => {
+          if (call.readable!.destroyed) return;
+          call.code = code;
+          this.#begin(call, options);
+        },
+        (err: Error) => call.readable!.destroy(err),
+      );
+    } else {
+      this.#begin(call, options);
+    }
     return call.readable;
   }
 
@@ -726,7 +723,10 @@ export class TaskClient {
       }
     }
     this.#callsTotal++;
-    if (call.user && ++this.#userCalls === 1) this.#updateRef();
+    if (call.user) {
+      call.counted = true;
+      if (++this.#userCalls === 1) this.#updateRef();
+    }
     if (this.#calls.size >= this.#maxInFlight()) {
       this.#queue.push(call);
       return;
@@ -860,7 +860,7 @@ export class TaskClient {
     call.signalListener?.[Symbol.dispose]();
     if (call.settled) return;
     call.settled = true;
-    if (call.user && --this.#userCalls === 0) this.#updateRef();
+    if (call.counted && --this.#userCalls === 0) this.#updateRef();
     if (call.mode === CALL_BUFFER) {
       if (error) call.reject!(error);
       else call.resolve!(value!);
