@@ -170,7 +170,8 @@ class Call {
   /** The task code (for a stream called by name, set once the name is looked up). */
   code: number;
   readonly mode: number;
-  readonly body: TaskBody;
+  /** The message, until it is handed to the outbox. */
+  body: TaskBody;
   /** A user's call (not a keep-alive): keeps the socket ref'd. */
   readonly user: boolean;
   /** The response so far (buffered calls): the first piece, then the rest. */
@@ -744,6 +745,7 @@ export class TaskClient {
     this.#sentSinceCheck = true;
     const outbox = this.#outbox!;
     const body = call.body;
+    call.body = undefined; // the outbox (or the pump) holds what is still to be sent
     const limit = this.#server!.maxMessageSize;
     if (
       body === undefined ||
