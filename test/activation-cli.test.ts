@@ -16,7 +16,7 @@ import {
 } from 'node:net';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
-import { loadNotifyAddon } from '../src/index.js';
+import { loadNotifyAddon, TaskClient } from '../src/index.js';
 import {
   activate,
   forkedPids,
@@ -353,4 +353,26 @@ test('--idle-timeout with --workers is a usage error', async (t) => {
   const child = demo(t, ['--idle-timeout', '1s', '--workers', '2']);
   assert.equal(await exitWithin(child, 20_000), 2);
   assert.match(child.stderr(), /--idle-timeout runs one process/);
+});
+
+test('--idle-timeout: a task in flight is activity, a connected task client with none is not', async (t) => {
+  const child = demo(t, ['--idle-timeout', '500ms']);
+  await started(child);
+  const line = logs(child).find((l) => l.msg.startsWith('started: ')) as unknown as {
+    services: { name: string; address: string }[];
+  };
+  const port = Number(
+    line.services
+      .find((s) => s.name === 'tasks')!
+      .address.split(':')
+      .pop(),
+  );
+  const client = await TaskClient.connect({ host: '127.0.0.1', port });
+  t.after(() => client.destroy());
+  const began = Date.now();
+  assert.equal((await client.call('sleep', '1200')).toString(), 'slept 1200 ms');
+  assert.equal(child.proc.exitCode, null, 'exited while a task was in flight');
+  // The client stays connected with nothing in flight: that must not keep the service up.
+  assert.equal(await exitWithin(child, 10_000), 0);
+  assert.ok(Date.now() - began >= 1_600);
 });

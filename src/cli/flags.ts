@@ -126,13 +126,13 @@ Flags (demo and serve):
   --workers N|auto            run N worker processes (auto: one per CPU; default 1, no cluster)
   --ready-timeout DURATION    a new worker must be ready within this (default 30s)
   --idle-timeout DURATION     exit 0 after this long with nothing active (default: never)
+  -h, --help                  this text
 
 systemd (socket activation):
   --listen-fd NAME|N          the HTTP service listens on the passed fd of that name or position
                               (other services take the fd named like them, automatically)
   --inetd                     the one connection to serve is on fd 0/1 (StandardInput=socket)
   --connection-service NAME   which service serves that connection, or Accept=yes's (default http)
-  -h, --help                  this text
 
 Demo only:
   --tcp-port PORT             TCP echo port (default 8000)
