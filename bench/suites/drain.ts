@@ -10,7 +10,6 @@
  */
 
 import { join } from 'node:path';
-import { pendingUnless } from '../lib/berth-api.js';
 import { BENCH_DIR, type Child, resultOf, spawnScript, startServer } from '../lib/child.js';
 import { fmt, fmtRange, median } from '../lib/stats.js';
 import { mark, type Suite, type SuiteContext, type SuiteReport, type Table } from '../lib/suite.js';
@@ -180,13 +179,7 @@ export const drainSuite: Suite = {
     // How long clients keep going after SIGTERM if the server keeps answering them.
     const after = ctx.quick ? 2_000 : 5_000;
     const notes: string[] = [];
-    const berthPending = await pendingUnless('HttpService');
-    const strategies = STRATEGIES.filter((s) => !(s.berth && berthPending));
-    if (berthPending) {
-      notes.push(
-        `berth row ${berthPending}: its fixture (bench/fixtures/drain-berth.ts) is written against the announced API and joins the run as soon as \`HttpService\` is exported.`,
-      );
-    }
+    const strategies = STRATEGIES;
 
     const drain = new Map<string, DrainRun[]>(strategies.map((s) => [s.key, []]));
     for (let round = 0; round < runs; round++) {
