@@ -111,12 +111,16 @@ How the figures are made:
 - Every server runs in its own process (a fixture script under \`bench/fixtures/\`), and load
   comes from a separate process (\`bench/load/\`). Both run TypeScript through
   \`node --import tsx\`, the same loader on every side, so no side pays a different load cost.
+  Where berth is run as users run it, its CLI (the startup suite, the drain suite's cluster
+  rows), it runs from \`dist/\`, built by the suite with \`npm run build\`, against plain
+  JavaScript baselines.
 - Loopback only (127.0.0.1). Every process the harness starts it ends by pid, with a time bound,
   also when a run fails or is interrupted.
 - \`npm run bench -- <suite>\` runs one suite and rewrites only its section;
   \`--quick\` runs short rounds for development and does not touch this file.
 - A section's *Analysis* is written by hand in \`bench/notes/<suite>.md\` and kept across runs;
-  \`bench/tools/\` holds what it cites (\`tcp-accept-variants.ts\`, \`profile-summary.ts\`).
+  \`bench/tools/\` holds what it cites (\`tcp-accept-variants.ts\`, \`http-request-variants.ts\`,
+  \`profile-summary.ts\`).
 
 `;
 

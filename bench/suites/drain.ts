@@ -9,8 +9,17 @@
  * lines (`ready <port>`, `stopped <ms>`); adding one is adding a row here.
  */
 
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { BENCH_DIR, type Child, resultOf, spawnScript, startServer } from '../lib/child.js';
+import { CLI, ensureBuilt } from '../lib/build.js';
+import {
+  BENCH_DIR,
+  type Child,
+  resultOf,
+  spawnNode,
+  spawnScript,
+  startServer,
+} from '../lib/child.js';
 import { fmt, fmtRange, median } from '../lib/stats.js';
 import { mark, type Suite, type SuiteContext, type SuiteReport, type Table } from '../lib/suite.js';
 
@@ -148,6 +157,117 @@ async function idleRun(strategy: Strategy): Promise<IdleRun> {
   }
 }
 
+const WORKERS = 2;
+
+interface ClusterRun extends DrainLoad {
+  /** reload: `reload complete in N ms`; stop: the primary's `shutdown complete in N ms`. */
+  durationMs: number | undefined;
+  /** Workers the reload replaced (reload runs). */
+  replaced: number | undefined;
+  /** The primary's exit code after SIGTERM (with the load gone, for reload runs). */
+  exitCode: number;
+}
+
+/** True when `pid` is still a process running berth's CLI (so a reused pid is never killed). */
+function isBerthProcess(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(CLI);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * `berth serve drain-app.mjs --workers 2` under the drain load. `reload`: SIGHUP 500 ms in,
+ * clients go on until the reload is complete and 500 ms more, then stop; then SIGTERM, which must
+ * exit 0. `stop`: SIGTERM 500 ms in, clients go on until refused or `after` ms, as for every
+ * other strategy.
+ */
+async function clusterRun(kind: 'reload' | 'stop', after: number): Promise<ClusterRun> {
+  const bound = after + DEADLINE + 40_000;
+  const primary = spawnNode(
+    'berth cluster',
+    [
+      CLI,
+      'serve',
+      join(BENCH_DIR, 'fixtures', 'drain-app.mjs'),
+      '--workers',
+      String(WORKERS),
+      '--host',
+      '127.0.0.1',
+      '--port',
+      '0',
+      '--diag-port',
+      '0',
+    ],
+    { timeout: bound + 30_000 },
+  );
+  // Workers are the primary's children, not ours: note each one's pid from its log lines, so any
+  // that outlives the primary is ended by pid too.
+  const workerPids = new Set<number>();
+  primary.onLine(/"worker":\d+/, (line) => {
+    const pid = /"pid":(\d+)/.exec(line)?.[1];
+    if (pid) workerPids.add(Number(pid));
+  });
+  let load: Child | undefined;
+  try {
+    const ready = await primary.line(/"msg":"workers ready: /, 30_000);
+    const port = Number(/http 127\.0\.0\.1:(\d+)/.exec(ready)?.[1]);
+    if (!port) throw new Error(`berth cluster: no port in ${ready}`);
+    load = spawnScript(
+      'http drain load',
+      join(BENCH_DIR, 'load', 'http-drain-load.ts'),
+      [
+        '--port',
+        String(port),
+        '--clients',
+        String(CLIENTS),
+        '--after',
+        String(kind === 'reload' ? bound : after),
+      ],
+      { timeout: bound + 30_000 },
+    );
+    await load.line(/^running$/, 15_000);
+    await sleep(TRIGGER_AT);
+    load.send('shutdown');
+    await load.line(/^shutdown-ack$/, 5_000);
+    let durationMs: number | undefined;
+    let replaced: number | undefined;
+    let exitCode: number;
+    if (kind === 'reload') {
+      process.kill(primary.proc.pid!, 'SIGHUP');
+      const done = await primary.line(/"msg":"reload (complete|stopped)/, 60_000);
+      if (!done.includes('reload complete')) throw new Error(`berth cluster: ${done}`);
+      const line = JSON.parse(done) as { durationMs: number; replaced: number };
+      durationMs = line.durationMs;
+      replaced = line.replaced;
+      await sleep(500); // the new workers serve the load for a while
+      load.send('stop');
+      const result = await resultOf<DrainLoad>(load, 15_000);
+      exitCode = await primary.stop('SIGTERM', DEADLINE + 5_000);
+      return { ...result, durationMs, replaced, exitCode };
+    }
+    process.kill(primary.proc.pid!, 'SIGTERM');
+    const result = await resultOf<DrainLoad>(load, bound);
+    exitCode = await Promise.race([primary.exited, sleep(DEADLINE + 5_000).then(() => -1)]);
+    const complete = await primary.line(/"msg":"shutdown complete in /, 1_000).catch(() => '');
+    durationMs = complete ? (JSON.parse(complete) as { durationMs: number }).durationMs : undefined;
+    return { ...result, durationMs, replaced, exitCode };
+  } finally {
+    await load?.stop();
+    await primary.stop();
+    for (const pid of workerPids) {
+      if (isBerthProcess(pid)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // Gone meanwhile.
+        }
+      }
+    }
+  }
+}
+
 function stopCell(runs: readonly { stopMs: number | undefined }[], limitMs?: number): string {
   const stops = runs.map((r) => r.stopMs).filter((ms): ms is number => ms !== undefined);
   const never = runs.length - stops.length;
@@ -159,7 +279,7 @@ function stopCell(runs: readonly { stopMs: number | undefined }[], limitMs?: num
   return cell;
 }
 
-function codesCell(runs: readonly DrainRun[]): string {
+function codesCell(runs: readonly DrainLoad[]): string {
   const total: Record<string, number> = {};
   for (const r of runs)
     for (const [code, n] of Object.entries(r.failedCodes)) total[code] = (total[code] ?? 0) + n;
@@ -169,7 +289,8 @@ function codesCell(runs: readonly DrainRun[]): string {
 
 export const drainSuite: Suite = {
   name: 'drain',
-  title: 'shutdown under load: berth vs Node core, http-terminator, stoppable, terminus',
+  title:
+    'shutdown under load: berth vs Node core, http-terminator, stoppable, terminus; cluster reload',
   target:
     'berth loses 0 written requests in every run; time to stop with 5,000 idle keep-alive sockets < 100 ms',
   pending: async () => undefined,
@@ -202,6 +323,20 @@ export const drainSuite: Suite = {
         idle.get(s.key)!.push(r);
         ctx.log(
           `idle run ${round + 1}/${idleRuns} ${s.key}: stop ${r.stopMs === undefined ? 'never' : `${fmt(r.stopMs, 1)} ms`}, last socket closed ${fmt(r.lastCloseMs, 1)} ms (client view), ${r.closedAfterShutdown}/${r.opened} closed`,
+        );
+      }
+    }
+
+    // The cluster: berth's CLI from dist/ with two workers, under the same load.
+    await ensureBuilt(ctx.log);
+    const cluster: Record<'reload' | 'stop', ClusterRun[]> = { reload: [], stop: [] };
+    for (let round = 0; round < runs; round++) {
+      const kinds = round % 2 === 0 ? (['reload', 'stop'] as const) : (['stop', 'reload'] as const);
+      for (const kind of kinds) {
+        const r = await clusterRun(kind, after);
+        cluster[kind].push(r);
+        ctx.log(
+          `cluster ${kind} run ${round + 1}/${runs}: ${r.failedAfterWrite} failed after write (${r.clientsFailed} clients), ${r.refused} refused, ${kind === 'reload' ? `reload ${fmt(r.durationMs ?? Number.NaN)} ms (${r.replaced} replaced)` : `shutdown ${fmt(r.durationMs ?? Number.NaN)} ms`}, exit ${r.exitCode}, ok before/after ${r.okBefore}/${r.okAfter}`,
         );
       }
     }
@@ -254,6 +389,49 @@ export const drainSuite: Suite = {
       );
     }
 
+    const clusterRows = (['reload', 'stop'] as const).map((kind) => {
+      const rs = cluster[kind];
+      const failed = rs.map((r) => r.failedAfterWrite);
+      const durations = rs.map((r) => r.durationMs ?? Number.NaN);
+      const exits = rs.map((r) => r.exitCode);
+      const clean = exits.every((c) => c === 0);
+      const lost = failed.filter((n) => n > 0).length;
+      return [
+        kind === 'reload'
+          ? `SIGHUP: reload both workers under load, then SIGTERM`
+          : `SIGTERM: drain both workers under load`,
+        failed.join(', '),
+        fmt(median(rs.map((r) => r.refused))),
+        fmt(median(rs.map((r) => r.okAfter))),
+        `${fmt(median(durations))} (${fmtRange(durations)})`,
+        exits.join(', '),
+        codesCell(rs),
+        mark(
+          failed.every((n) => n === 0) && clean,
+          [
+            lost > 0 ? `${lost} of ${rs.length} runs lost requests` : '',
+            clean ? '' : 'an exit code was not 0',
+          ]
+            .filter(Boolean)
+            .join('; '),
+        ),
+      ];
+    });
+    const clusterTable: Table = {
+      title: `Cluster: \`berth serve drain-app.mjs --workers ${WORKERS}\` (built CLI from dist/, berth's defaults), the same ${CLIENTS} clients and 10 ms handler, signal ${TRIGGER_AT} ms in, ${runs} runs each`,
+      columns: [
+        'event',
+        'failed after write, per run',
+        'refused cleanly (median)',
+        'answered after the signal (median)',
+        'duration, ms: median (range)',
+        'primary exit code, per run',
+        'failures seen',
+        'target: 0 lost, exit 0',
+      ],
+      rows: clusterRows,
+    };
+
     const drainTable: Table = {
       title: `Under load: ${CLIENTS} closed-loop keep-alive clients, 10 ms handler, SIGTERM ${TRIGGER_AT} ms in, ${runs} runs per strategy`,
       columns: [
@@ -280,8 +458,8 @@ export const drainSuite: Suite = {
       rows: idleRows,
     };
     return {
-      method: `Each strategy serves the same app (\`setTimeout(() => res.end('ok'), 10)\`, keepAliveTimeout 30 s) in its own process and gets SIGTERM; a strategy that takes a deadline gets ${fmt(DEADLINE)} ms. Load: node:http clients, one keep-alive \`Agent\` with one socket each; a request counts as *failed after write* when it failed (ECONNRESET, socket hang up, EPIPE) after its bytes were written to the socket ('finish'), and as *refused* when a new connection got ECONNREFUSED (clean, retryable). After SIGTERM clients continue until refused or for at most ${fmt(after)} ms. *Time to stop* runs from the signal's arrival in the server to its listener and last connection being closed, measured in the server process. Strategies run in rotating order.`,
-      tables: [drainTable, idleTable],
+      method: `Each strategy serves the same app (\`setTimeout(() => res.end('ok'), 10)\`, keepAliveTimeout 30 s) in its own process and gets SIGTERM; a strategy that takes a deadline gets ${fmt(DEADLINE)} ms. Load: node:http clients, one keep-alive \`Agent\` with one socket each; a request counts as *failed after write* when it failed (ECONNRESET, socket hang up, EPIPE) after its bytes were written to the socket ('finish'), and as *refused* when a new connection got ECONNREFUSED (clean, retryable). After SIGTERM clients continue until refused or for at most ${fmt(after)} ms. *Time to stop* runs from the signal's arrival in the server to its listener and last connection being closed, measured in the server process. Strategies run in rotating order. The cluster rows run berth's built CLI, \`berth serve\` of the same application as a module (bench/fixtures/drain-app.mjs) with ${WORKERS} workers and berth's defaults throughout (keepAliveTimeout too), and read its own log: the port from \`workers ready\`, the reload's duration from \`reload complete in N ms\` (SIGHUP to every new worker ready and every old one drained), the drain's from \`shutdown complete in N ms\`.`,
+      tables: [drainTable, idleTable, clusterTable],
       notes,
     };
   },
