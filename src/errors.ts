@@ -149,6 +149,123 @@ export class InvalidModuleError extends BerthError {
 
 // --- task protocol ----------------------------------------------------------------------------
 
+/**
+ * A task-protocol peer broke the protocol: bad handshake bytes, an unknown frame type, a frame
+ * over the negotiated maximum, a connection that ended mid-frame. The pure codec throws only
+ * this; `errorCode` is the protocol's one-byte code (220 to 233, see docs/protocol.md).
+ */
+export class TaskProtocolError extends BerthError {
+  static override readonly code = 'ERR_BERTH_TASK_PROTOCOL';
+  /** The wire code: 220 bad handshake, 223 unknown frame type, 224 frame too large, ... */
+  readonly errorCode: number;
+
+  constructor(errorCode: number, message: string, options?: BerthErrorOptions) {
+    super(message, options);
+    this.errorCode = errorCode;
+  }
+}
+
+/** A task server refused the handshake (unsupported version, too many clients, shutting down). */
+export class TaskRefusedError extends BerthError {
+  static override readonly code = 'ERR_BERTH_TASK_REFUSED';
+  /** The refusal's code: 221 unsupported version, 222 too many clients, 204 shutting down, ... */
+  readonly errorCode: number;
+  /** The highest protocol version the server speaks. */
+  readonly serverVersion: number;
+
+  constructor(
+    errorCode: number,
+    serverVersion: number,
+    message: string,
+    options?: BerthErrorOptions,
+  ) {
+    super(message, options);
+    this.errorCode = errorCode;
+    this.serverVersion = serverVersion;
+  }
+}
+
+/**
+ * A task answered with an Error: `errorCode` is its one-byte code (0 to 199 the application's,
+ * 200 to 255 the protocol's) and the message is the server's. A task's run step throws it (or any
+ * error with a numeric `errorCode` property) to answer with that code.
+ */
+export class TaskError extends BerthError {
+  static override readonly code = 'ERR_BERTH_TASK_ERROR';
+  /** 0 to 199: the application's; 200 to 255: the protocol's (200 cancelled, 201 unknown task, ...). */
+  readonly errorCode: number;
+
+  constructor(errorCode: number, message: string, options?: BerthErrorOptions) {
+    super(message, options);
+    this.errorCode = errorCode;
+  }
+}
+
+/**
+ * The reason on a task's `AbortSignal` when the task is cancelled: by the client's CANCEL, or by
+ * the server (`client.cancel(id)`, `cancelAll()`). The task then ends with Error 200.
+ */
+export class TaskCancelledError extends BerthError {
+  static override readonly code = 'ERR_BERTH_TASK_CANCELLED';
+}
+
+/**
+ * A task-protocol timeout expired: on the client, a call's `timeout`, the response timeout or the
+ * connect timeout; on the server, the reason a client was ended (wait, read, write).
+ */
+export class TaskTimeoutError extends BerthError {
+  static override readonly code = 'ERR_BERTH_TASK_TIMEOUT';
+  /** Which timeout: `call`, `response`, `connect`, `keep-alive`, `wait`, `read` or `write`. */
+  readonly timeout: string;
+
+  constructor(timeout: string, message: string, options?: BerthErrorOptions) {
+    super(message, options);
+    this.timeout = timeout;
+  }
+}
+
+/**
+ * A task-protocol connection ended while work was in flight, other than after a Goodbye: the
+ * peer vanished, reset, or sent FATAL. Whether an unanswered task ran is unknown.
+ */
+export class TaskConnectionClosedError extends BerthError {
+  static override readonly code = 'ERR_BERTH_TASK_CONNECTION_CLOSED';
+  /** The code from the server's FATAL frame, when it sent one. */
+  readonly errorCode: number | undefined;
+
+  constructor(message: string, errorCode?: number, options?: BerthErrorOptions) {
+    super(message, options);
+    this.errorCode = errorCode;
+  }
+}
+
+/** `TaskClient.connect()` could not reach the server (refused, unreachable, reset before the hello). */
+export class TaskConnectError extends BerthError {
+  static override readonly code = 'ERR_BERTH_TASK_CONNECT_FAILED';
+  /** `host:port` or the socket path. */
+  readonly address: string;
+
+  constructor(address: string, reason: string, options?: BerthErrorOptions) {
+    super(`cannot connect to ${address}: ${reason}`, options);
+    this.address = address;
+  }
+}
+
+/**
+ * The task server said Goodbye: new calls on this connection fail with this, and a call that had
+ * no answer when the connection then ended was never started by the server (safe to retry).
+ */
+export class TaskGoodbyeError extends BerthError {
+  static override readonly code = 'ERR_BERTH_TASK_GOODBYE';
+  /** The Goodbye's reason code: 204 shutting down, 230 wait timeout, 233 disconnected. */
+  readonly errorCode: number;
+
+  constructor(errorCode: number, message: string, options?: BerthErrorOptions) {
+    super(message, options);
+    this.errorCode = errorCode;
+  }
+}
+
 // --- systemd ----------------------------------------------------------------------------------
 
 /**

@@ -16,7 +16,7 @@ import {
 } from 'node:net';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
-import { loadNotifyAddon } from '../src/index.js';
+import { loadNotifyAddon, TaskClient } from '../src/index.js';
 import {
   activate,
   forkedPids,
@@ -92,7 +92,7 @@ test('launcher: the demo adopts fds named http and echo, tells NOTIFY_SOCKET, an
   const httpFd = await listener(t);
   const echoFd = await listener(t);
   const receiver = await notifyReceiver(t);
-  const child = launch(t, 'systemd-cli', ['demo', '--diag-port', '0'], {
+  const child = launch(t, 'systemd-cli', ['demo', '--diag-port', '0', '--task-port', '0'], {
     fds: [httpFd, echoFd],
     names: 'http:echo',
     env: { NOTIFY_SOCKET: receiver.address },
@@ -117,11 +117,11 @@ test('launcher: the demo adopts fds named http and echo, tells NOTIFY_SOCKET, an
     'every message comes from the main pid',
   );
   const data = got.map((d) => d.data);
-  assert.equal(data[0], 'STATUS=Starting http, echo, diagnostics');
+  assert.equal(data[0], 'STATUS=Starting http, echo, tasks, diagnostics');
   assert.match(
     data[1]!,
     new RegExp(
-      `^READY=1\\nSTATUS=Serving: http 127\\.0\\.0\\.1:${httpPort}, echo 127\\.0\\.0\\.1:${echoPort}, diagnostics 127\\.0\\.0\\.1:\\d+$`,
+      `^READY=1\\nSTATUS=Serving: http 127\\.0\\.0\\.1:${httpPort}, echo 127\\.0\\.0\\.1:${echoPort}, tasks 127\\.0\\.0\\.1:\\d+, diagnostics 127\\.0\\.0\\.1:\\d+$`,
     ),
   );
   assert.equal(data[2], 'STOPPING=1\nSTATUS=Draining (SIGTERM); shutdown timeout 5000 ms');
@@ -133,7 +133,7 @@ test('launcher: a unit without names works by position with --listen-fd', async 
   const child = launch(
     t,
     'systemd-cli',
-    ['demo', '--listen-fd', '0', '--tcp-port', '0', '--diag-port', '0'],
+    ['demo', '--listen-fd', '0', '--tcp-port', '0', '--task-port', '0', '--diag-port', '0'],
     {
       fds: [fd],
     },
@@ -151,7 +151,7 @@ test('launcher: an fd that matches no service is reported; --listen-fd naming a 
   const child = launch(
     t,
     'systemd-cli',
-    ['demo', '--port', '0', '--tcp-port', '0', '--diag-port', '0'],
+    ['demo', '--port', '0', '--tcp-port', '0', '--task-port', '0', '--diag-port', '0'],
     {
       fds: [fd],
       names: 'web',
@@ -179,7 +179,7 @@ test('launcher: --workers 2 on an adopted fd: the primary holds it, the workers 
   const child = launch(
     t,
     'systemd-cli',
-    ['demo', '--workers', '2', '--tcp-port', '0', '--diag-port', '0'],
+    ['demo', '--workers', '2', '--tcp-port', '0', '--task-port', '0', '--diag-port', '0'],
     {
       fds: [fd],
       names: 'http',
@@ -203,7 +203,19 @@ test('systemd-socket-activate: listen mode, the demo on a named fd', {
   const { child, port } = await activate(
     t,
     ['--fdname=http'],
-    [process.execPath, '--import', 'tsx', CLI, 'demo', '--tcp-port', '0', '--diag-port', '0'],
+    [
+      process.execPath,
+      '--import',
+      'tsx',
+      CLI,
+      'demo',
+      '--tcp-port',
+      '0',
+      '--task-port',
+      '0',
+      '--diag-port',
+      '0',
+    ],
   );
   assert.equal(await get(port, '/hello'), 'Hello world.\n');
   await started(child);
@@ -259,7 +271,21 @@ function demo(t: TestContext, args: string[]): Child {
   return spawnChild(
     t,
     process.execPath,
-    ['--import', 'tsx', CLI, 'demo', '--port', '0', '--tcp-port', '0', '--diag-port', '0', ...args],
+    [
+      '--import',
+      'tsx',
+      CLI,
+      'demo',
+      '--port',
+      '0',
+      '--tcp-port',
+      '0',
+      '--task-port',
+      '0',
+      '--diag-port',
+      '0',
+      ...args,
+    ],
     {
       cwd: ROOT,
       env: { ...process.env, PORT: '' },
@@ -327,4 +353,26 @@ test('--idle-timeout with --workers is a usage error', async (t) => {
   const child = demo(t, ['--idle-timeout', '1s', '--workers', '2']);
   assert.equal(await exitWithin(child, 20_000), 2);
   assert.match(child.stderr(), /--idle-timeout runs one process/);
+});
+
+test('--idle-timeout: a task in flight is activity, a connected task client with none is not', async (t) => {
+  const child = demo(t, ['--idle-timeout', '500ms']);
+  await started(child);
+  const line = logs(child).find((l) => l.msg.startsWith('started: ')) as unknown as {
+    services: { name: string; address: string }[];
+  };
+  const port = Number(
+    line.services
+      .find((s) => s.name === 'tasks')!
+      .address.split(':')
+      .pop(),
+  );
+  const client = await TaskClient.connect({ host: '127.0.0.1', port });
+  t.after(() => client.destroy());
+  const began = Date.now();
+  assert.equal((await client.call('sleep', '1200')).toString(), 'slept 1200 ms');
+  assert.equal(child.proc.exitCode, null, 'exited while a task was in flight');
+  // The client stays connected with nothing in flight: that must not keep the service up.
+  assert.equal(await exitWithin(child, 10_000), 0);
+  assert.ok(Date.now() - began >= 1_600);
 });

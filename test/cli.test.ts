@@ -8,6 +8,7 @@ import http from 'node:http';
 import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
+import { TaskClient } from '../src/index.js';
 import {
   type Child,
   connect,
@@ -62,12 +63,30 @@ function get(port: number, path: string, agent: http.Agent | false = false): Pro
 }
 
 test('berth demo: /hello, TCP echo, and every diagnostics endpoint answer; SIGINT drains to exit 0', async (t) => {
-  const child = berth(t, ['demo', ...EPHEMERAL, '--tcp-port', '0', '--version-string', 'v-test']);
+  const child = berth(t, [
+    'demo',
+    ...EPHEMERAL,
+    '--tcp-port',
+    '0',
+    '--task-port',
+    '0',
+    '--version-string',
+    'v-test',
+  ]);
   const ports = await started(child);
   assert.deepEqual(await get(ports.http!, '/hello'), { status: 200, body: 'Hello world.\n' });
   const echo = await connect(t, ports.echo!);
   echo.write('ping');
   assert.equal((await once(echo, 'data'))[0].toString(), 'ping');
+
+  // The task server: docs/protocol.md's demo tasks, through the real client.
+  const tasks = await TaskClient.connect({ host: '127.0.0.1', port: ports.tasks! });
+  t.after(() => tasks.destroy());
+  assert.equal(
+    (await tasks.call('echo', 'over the task protocol')).toString(),
+    'over the task protocol',
+  );
+  await tasks.close();
 
   const diag = ports.diagnostics!;
   assert.deepEqual(await get(diag, '/live'), { status: 200, body: 'OK\n' });
@@ -77,7 +96,7 @@ test('berth demo: /hello, TCP echo, and every diagnostics endpoint answer; SIGIN
   assert.match(metrics.body, /berth_tcp_busy\{service="echo"\} 1/);
   assert.match(metrics.body, /process_resident_memory_bytes/);
   const vars = JSON.parse((await get(diag, '/debug/vars')).body);
-  assert.deepEqual(Object.keys(vars.services).sort(), ['diagnostics', 'echo', 'http']);
+  assert.deepEqual(Object.keys(vars.services).sort(), ['diagnostics', 'echo', 'http', 'tasks']);
   assert.equal(vars.services.echo.busy, 1);
   assert.equal(vars.services.http.state, 'ready');
 
@@ -103,7 +122,16 @@ test('berth demo: /hello, TCP echo, and every diagnostics endpoint answer; SIGIN
 });
 
 test('on SIGTERM /ready turns 503 before the app listener closes', async (t) => {
-  const child = berth(t, ['demo', ...EPHEMERAL, '--tcp-port', '0', '--drain-delay', '600ms']);
+  const child = berth(t, [
+    'demo',
+    ...EPHEMERAL,
+    '--tcp-port',
+    '0',
+    '--task-port',
+    '0',
+    '--drain-delay',
+    '600ms',
+  ]);
   const ports = await started(child);
   child.proc.kill('SIGTERM');
   await child.line(/"msg":"draining"/);
@@ -116,7 +144,7 @@ test('on SIGTERM /ready turns 503 before the app listener closes', async (t) => 
 });
 
 test('SIGTERM under load: 50 keep-alive clients lose no request, exit 0', async (t) => {
-  const child = berth(t, ['demo', ...EPHEMERAL, '--tcp-port', '0']);
+  const child = berth(t, ['demo', ...EPHEMERAL, '--tcp-port', '0', '--task-port', '0']);
   const port = (await started(child)).http!;
   const agent = new http.Agent({ keepAlive: true, maxSockets: 50 });
   t.after(() => agent.destroy());
@@ -149,7 +177,16 @@ test('a second signal forces the exit at once: 130 for SIGINT, 143 for SIGTERM',
     ['SIGINT', 130],
     ['SIGTERM', 143],
   ] as const) {
-    const child = berth(t, ['demo', ...EPHEMERAL, '--tcp-port', '0', '--shutdown-timeout', '30s']);
+    const child = berth(t, [
+      'demo',
+      ...EPHEMERAL,
+      '--tcp-port',
+      '0',
+      '--task-port',
+      '0',
+      '--shutdown-timeout',
+      '30s',
+    ]);
     const port = (await started(child)).http!;
     // A request that holds the drain open for a long time.
     const pending = get(port, '/sleep?ms=20000').catch(() => 'cut');
@@ -170,7 +207,7 @@ test('one service failing to bind stops the others and exits 1', async (t) => {
   t.after(() => blocker.close());
   await once(blocker, 'listening');
   const busy = (blocker.address() as AddressInfo).port;
-  const child = berth(t, ['demo', ...EPHEMERAL, '--tcp-port', String(busy)]);
+  const child = berth(t, ['demo', ...EPHEMERAL, '--tcp-port', String(busy), '--task-port', '0']);
   assert.equal(await exitWithin(child, 20_000), 1);
   const failure = logLines(child).find((l) => String(l.msg).startsWith('start failed'));
   assert.ok(failure, child.stdout());
@@ -181,7 +218,16 @@ test('one service failing to bind stops the others and exits 1', async (t) => {
 });
 
 test('a hung request is cut at the deadline, exit 1', async (t) => {
-  const child = berth(t, ['demo', ...EPHEMERAL, '--tcp-port', '0', '--shutdown-timeout', '300ms']);
+  const child = berth(t, [
+    'demo',
+    ...EPHEMERAL,
+    '--tcp-port',
+    '0',
+    '--task-port',
+    '0',
+    '--shutdown-timeout',
+    '300ms',
+  ]);
   const port = (await started(child)).http!;
   const pending = get(port, '/sleep?ms=20000').catch((err: NodeJS.ErrnoException) => err.code);
   await sleep(100);

@@ -347,3 +347,15 @@ test('bad options fail at construction, naming the option', () => {
     InvalidOptionError,
   );
 });
+
+test('the idle grace counts from when a socket went idle: a long-idle socket closes at once', async (t) => {
+  const { service, port } = await startHttp(t, { keepAliveTimeout: 60_000, idleGrace: 400 });
+  const longIdle = await connect(t, port);
+  assert.match(await rawRequest(longIdle, '/'), /^HTTP\/1\.1 200/);
+  await sleep(600); // idle for longer than the grace before the drain begins
+  const started = Date.now();
+  await service.close({ timeout: 10_000 });
+  const took = Date.now() - started;
+  assert.ok(took < 300, `a socket idle for longer than idleGrace held the close for ${took} ms`);
+  await waitFor(() => longIdle.closed, 'the long-idle socket to be closed');
+});

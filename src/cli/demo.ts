@@ -1,12 +1,14 @@
 /**
  * `berth demo`: the seeds' example system, ready with nothing installed. HTTP `/hello` on 8080,
- * a TCP echo on 8000, diagnostics on 8081 (127.0.0.1).
+ * a TCP echo on 8000, the task server on 8082 (docs/protocol.md's demo tasks), diagnostics on
+ * 8081 (127.0.0.1).
  */
 
 import { addAbortListener } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { UsageError } from '../errors.js';
 import { HttpService, type UpgradeHandler } from '../http/http-service.js';
+import { createDemoTaskServer } from '../protocol/demo-tasks.js';
 import type { Service } from '../service.js';
 import { type ConnectionHandler, TcpService } from '../tcp/tcp-service.js';
 import type { DemoFlags } from './flags.js';
@@ -77,6 +79,11 @@ export function demoServices(flags: DemoFlags, placement: Placement): Service[] 
         name: 'echo',
         ...placement.listen('echo', { port: flags.tcpPort, host: flags.host }),
         handler: echoHandler,
+      }),
+    tasks: () =>
+      createDemoTaskServer({
+        name: 'tasks',
+        ...placement.listen('tasks', { port: flags.taskPort, host: flags.host }),
       }),
   };
   const one = placement.oneConnection;

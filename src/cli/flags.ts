@@ -81,6 +81,7 @@ export interface RunnerFlags {
 /** Flags only the demo takes: the ports of its other services. */
 export interface DemoFlags extends RunnerFlags {
   tcpPort: number;
+  taskPort: number;
 }
 
 const RUNNER_OPTIONS = {
@@ -101,11 +102,16 @@ const RUNNER_OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
-const DEMO_OPTIONS = { ...RUNNER_OPTIONS, 'tcp-port': { type: 'string' } } as const;
+const DEMO_OPTIONS = {
+  ...RUNNER_OPTIONS,
+  'tcp-port': { type: 'string' },
+  'task-port': { type: 'string' },
+} as const;
 
 export const USAGE = `Usage:
-  berth demo [flags]             the example system: HTTP /hello, TCP echo, diagnostics
+  berth demo [flags]             the example system: HTTP /hello, TCP echo, tasks, diagnostics
   berth serve <module> [flags]   run a module's request listener or services
+  berth call <host:port> <task> [--data S | --file F]   run one task (berth call --help)
   berth --version | --help
 
 Flags (demo and serve):
@@ -120,16 +126,17 @@ Flags (demo and serve):
   --workers N|auto            run N worker processes (auto: one per CPU; default 1, no cluster)
   --ready-timeout DURATION    a new worker must be ready within this (default 30s)
   --idle-timeout DURATION     exit 0 after this long with nothing active (default: never)
+  -h, --help                  this text
 
 systemd (socket activation):
   --listen-fd NAME|N          the HTTP service listens on the passed fd of that name or position
                               (other services take the fd named like them, automatically)
   --inetd                     the one connection to serve is on fd 0/1 (StandardInput=socket)
   --connection-service NAME   which service serves that connection, or Accept=yes's (default http)
-  -h, --help                  this text
 
 Demo only:
   --tcp-port PORT             TCP echo port (default 8000)
+  --task-port PORT            task server port (default 8082)
 
 Durations: 5s, 500ms, 2m, 1h, or a number of milliseconds.
 With --workers, SIGHUP replaces the workers one at a time without dropping a request.
@@ -220,6 +227,7 @@ export function parseDemoArgs(args: string[], env: NodeJS.ProcessEnv): Parsed<De
     flags: {
       ...base,
       tcpPort: parsePort((values['tcp-port'] as string | undefined) ?? '8000', '--tcp-port'),
+      taskPort: parsePort((values['task-port'] as string | undefined) ?? '8082', '--task-port'),
     },
     positionals,
     help: values.help === true,

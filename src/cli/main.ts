@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `berth` command: `demo`, `serve <module>`, `--version`, `--help`. It is the edge: it
+ * The `berth` command: `demo`, `serve <module>`, `call <host:port> <task>`, `--version`, `--help`. It is the edge: it
  * parses flags, builds a ServiceGroup, logs its life, and exits with the group's exit code.
  */
 
@@ -14,6 +14,7 @@ import { findPackageVersion } from '../diagnostics/diagnostics-server.js';
 import { BerthError, InvalidModuleError, UsageError } from '../errors.js';
 import { ServiceGroup } from '../runner/service-group.js';
 import type { Service } from '../service.js';
+import { callCommand } from './call.js';
 import { demoServices } from './demo.js';
 import { parseDemoArgs, parseServeArgs, type RunnerFlags, USAGE } from './flags.js';
 import { createLogger, type Logger, logGroup, logPool, logResult } from './log.js';
@@ -184,6 +185,8 @@ async function main(argv: string[]): Promise<number> {
       return demo(rest);
     case 'serve':
       return serve(rest);
+    case 'call':
+      return callCommand(rest);
     case '--version':
     case '-v':
       process.stdout.write(`${ownVersion()}\n`);

@@ -245,7 +245,9 @@ const CLASSES = ['1xx', '1xx', '2xx', '3xx', '4xx', '5xx'] as const;
 interface SocketState {
   inflight: number;
   idleTimer: NodeJS.Timeout | undefined;
-  /** `bytesRead` when the idle grace began: more bytes since means a request is arriving. */
+  /** `performance.now()` when the socket last had nothing in flight (accepted, or a response ended). */
+  idleSince: number;
+  /** `bytesRead` at `idleSince`: more bytes since means a request is arriving. */
   bytesAtIdle: number;
 }
 
@@ -586,7 +588,12 @@ export class HttpService implements Service {
     // TLS server hands a socket to HTTP/2 when ALPN chose h2.
     if (this.#h2c) return;
     if ((socket as Socket & { alpnProtocol?: string | false }).alpnProtocol === 'h2') return;
-    socket[kState] = { inflight: 0, idleTimer: undefined, bytesAtIdle: 0 };
+    socket[kState] = {
+      inflight: 0,
+      idleTimer: undefined,
+      idleSince: performance.now(),
+      bytesAtIdle: socket.bytesRead,
+    };
     this.#httpSockets.add(socket);
     socket.once('close', () => {
       clearTimeout(socket[kState]!.idleTimer);
@@ -645,6 +652,7 @@ export class HttpService implements Service {
     if (this.#draining) this.#markLast(res);
     const started = performance.now();
     res.once('close', () => {
+      const ended = performance.now();
       this.#inflight.delete(res);
       activity?.end();
       if (res.writableFinished) {
@@ -652,13 +660,16 @@ export class HttpService implements Service {
         if (cls >= 1 && cls <= 5) this.#classes[cls]!++;
         this.#histogram?.observe(
           { service: this.name, class: CLASSES[cls] ?? '5xx' },
-          (performance.now() - started) / 1e3,
+          (ended - started) / 1e3,
         );
       } else {
         this.#aborted++;
       }
-      if (state && --state.inflight === 0 && this.#draining && !socket.destroyed)
-        this.#startIdleGrace(socket);
+      if (state && --state.inflight === 0) {
+        state.idleSince = ended;
+        state.bytesAtIdle = socket.bytesRead;
+        if (this.#draining && !socket.destroyed) this.#startIdleGrace(socket);
+      }
       this.#lifecycle.poke();
     });
   }
@@ -668,21 +679,29 @@ export class HttpService implements Service {
     if (!res.headersSent && 'shouldKeepAlive' in res) res.shouldKeepAlive = false;
   }
 
+  /**
+   * Closes an idle socket once it has been idle for `idleGrace`, counted from when it last
+   * became idle: a socket that just finished a response (whose client may have its next request
+   * on the wire) waits the whole grace; one idle for longer closes after a single event-loop
+   * turn, so that bytes already in the kernel are read first.
+   */
   #startIdleGrace(socket: TrackedSocket): void {
     const state = socket[kState]!;
     clearTimeout(state.idleTimer);
-    state.bytesAtIdle = socket.bytesRead;
+    const wait = Math.max(1, this.#idleGrace - (performance.now() - state.idleSince));
     state.idleTimer = setTimeout(() => {
       state.idleTimer = undefined;
       if (state.inflight > 0 || socket.destroyed) return;
-      // Bytes arrived during the grace: a request is being received. Let it finish; its
+      // Bytes arrived: a request is being received. Give it a whole grace from now; its
       // response carries Connection: close and ends the connection.
       if (socket.bytesRead !== state.bytesAtIdle) {
+        state.idleSince = performance.now();
+        state.bytesAtIdle = socket.bytesRead;
         this.#startIdleGrace(socket);
         return;
       }
       socket.destroy();
-    }, this.#idleGrace);
+    }, wait);
   }
 
   #runHandler(req: AnyRequest, res: AnyResponse): void {

@@ -184,6 +184,9 @@ class Connection implements ConnectionContext {
   controller: AbortController | undefined;
   /** The idle tracker's record of this connection's handler, when one is watching. */
   activity: { end(): void } | undefined;
+  /** Neighbours in the service's list of open connections. */
+  prev: Connection | undefined;
+  next: Connection | undefined;
   #closing: AbortSignal;
 
   constructor(id: number, socket: Socket, service: string, closing: AbortSignal) {
@@ -208,6 +211,42 @@ class Connection implements ConnectionContext {
   }
 }
 
+/**
+ * The open connections, linked through the connections themselves. A `Set` costs a hash insert
+ * and delete per connection, which the tcp benchmark measured at several percent of the accept
+ * path; linking costs four pointer writes.
+ */
+class ConnectionList {
+  size = 0;
+  #head: Connection | undefined;
+
+  add(conn: Connection): void {
+    conn.next = this.#head;
+    if (this.#head) this.#head.prev = conn;
+    this.#head = conn;
+    this.size++;
+  }
+
+  delete(conn: Connection): void {
+    if (conn.prev) conn.prev.next = conn.next;
+    else if (this.#head === conn) this.#head = conn.next;
+    else return; // not in the list
+    if (conn.next) conn.next.prev = conn.prev;
+    conn.prev = undefined;
+    conn.next = undefined;
+    this.size--;
+  }
+
+  *[Symbol.iterator](): IterableIterator<Connection> {
+    // Read `next` before yielding: the caller may destroy the connection, unlinking it.
+    for (let conn = this.#head; conn; ) {
+      const next = conn.next;
+      yield conn;
+      conn = next;
+    }
+  }
+}
+
 function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
   return (
     typeof value === 'object' &&
@@ -226,7 +265,7 @@ export class TcpService implements Service {
   readonly #shutdownTimeout: number;
   /** Aborted once the service starts closing; what `ctx.signal` becomes after that. */
   readonly #closing = new AbortController();
-  readonly #connections = new Set<Connection>();
+  readonly #connections = new ConnectionList();
   readonly #lifecycle: Lifecycle;
 
   #busy = 0;
