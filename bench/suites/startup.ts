@@ -7,11 +7,12 @@
  * and starting berth's services.
  */
 
+import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { CLI, ensureBuilt } from '../lib/build.js';
-import { type Child, ROOT, spawnNode } from '../lib/child.js';
+import { type Child, spawnNode } from '../lib/child.js';
 import { fmt, fmtRange, median } from '../lib/stats.js';
 import type { Suite, SuiteReport, Table } from '../lib/suite.js';
 
@@ -24,26 +25,30 @@ interface Side {
   url: (line: string) => string | undefined;
 }
 
+/** Every port the demo opens, all ephemeral (the task server's since the protocol merged). */
+const DEMO_PORTS = ['--port', '0', '--tcp-port', '0', '--task-port', '0', '--diag-port', '0'];
+
 const LISTENER = `require('node:http').createServer((q, s) => s.end('ok')).listen(0, '127.0.0.1', function () { console.log('ready ' + this.address().port); });`;
 
 /**
- * What dist/cli/main.js imports (berth's library, the CLI's logger with pino and pino-pretty, its
- * flags and demo services), without main.js itself, which would run the command.
+ * The modules dist/cli/main.js imports (berth's library, the CLI's logger with pino and
+ * pino-pretty, its flags, demo services, ...), read from main.js itself so the list follows the
+ * CLI; main.js is left out, since importing it runs the command.
  */
-const CLI_MODULES = [
-  'index.js',
-  'cli/demo.js',
-  'cli/flags.js',
-  'cli/log.js',
-  'cli/placement.js',
-  'cli/serve.js',
-].map((m) => pathToFileURL(join(ROOT, 'dist', m)).href);
+function cliModules(): string[] {
+  const main = readFileSync(CLI, 'utf8');
+  const relative = [...main.matchAll(/^import [^;]*? from '(\.{1,2}\/[^']+)';$/gm)].map(
+    (m) => m[1]!,
+  );
+  if (relative.length === 0) throw new Error(`startup: no imports found in ${CLI}`);
+  return relative.map((m) => pathToFileURL(join(dirname(CLI), m)).href);
+}
 
-const SIDES: readonly Side[] = [
+const sides = (): readonly Side[] => [
   {
     key: 'berth',
     label: '`berth demo` → `/ready` 200',
-    args: [CLI, 'demo', '--port', '0', '--tcp-port', '0', '--diag-port', '0'],
+    args: [CLI, 'demo', ...DEMO_PORTS],
     // The runner's `started: http ..., echo ..., diagnostics 127.0.0.1:PORT` pino line.
     ready: /"msg":"started: .*diagnostics 127\.0\.0\.1:\d+/,
     url: (line) => {
@@ -63,7 +68,7 @@ const SIDES: readonly Side[] = [
     label: '`node -e`: load every module `berth demo` loads, then one listener → 200',
     args: [
       '-e',
-      `Promise.all(${JSON.stringify(CLI_MODULES)}.map((m) => import(m))).then(() => { ${LISTENER} });`,
+      `Promise.all(${JSON.stringify(cliModules())}.map((m) => import(m))).then(() => { ${LISTENER} });`,
     ],
     ready: /^ready \d+$/,
     url: (line) => `http://127.0.0.1:${line.split(' ')[1]}/`,
@@ -132,6 +137,7 @@ export const startupSuite: Suite = {
   pending: async () => undefined,
   async run(ctx): Promise<SuiteReport> {
     await ensureBuilt(ctx.log);
+    const SIDES = sides();
     const rounds = ctx.rounds ?? (ctx.quick ? 3 : 11);
     const starts = new Map<string, Start[]>(SIDES.map((s) => [s.key, []]));
     // One unmeasured start of each first: the first process to load a file pays the disk cache.
@@ -180,10 +186,10 @@ export const startupSuite: Suite = {
     const importCost = median(imported.map((s, i) => s.readyMs - node[i]!.readyMs));
     const startCost = median(berth.map((s, i) => s.readyMs - imported[i]!.readyMs));
     return {
-      method: `Each process is spawned by the harness with \`${process.execPath.split('/').pop()}\` (${process.version}) and timed from \`spawn()\` to the end of the first 200 answer: berth's built CLI, \`node dist/cli/main.js demo --port 0 --tcp-port 0 --diag-port 0\` (HTTP, TCP echo and diagnostics services under the runner), polled on \`/ready\` at the diagnostics port its \`started:\` log line names; against \`node -e\` opening one \`http\` listener on port 0 and printing the port, polled on \`/\`. Polling starts when the port is printed and repeats every 1 ms on a fresh connection. Both run plain JavaScript without a loader; dist/ is built with \`npm run build\` at the start of the suite, and one unmeasured start of each comes first. Then SIGTERM: berth drains and exits 0; bare node has no handler and dies of the signal (exit 143).`,
+      method: `Each process is spawned by the harness with \`${process.execPath.split('/').pop()}\` (${process.version}) and timed from \`spawn()\` to the end of the first 200 answer: berth's built CLI, \`node dist/cli/main.js demo ${DEMO_PORTS.join(' ')}\` (its HTTP, TCP echo, task and diagnostics services under the runner), polled on \`/ready\` at the diagnostics port its \`started:\` log line names; against \`node -e\` opening one \`http\` listener on port 0 and printing the port, polled on \`/\`. Polling starts when the port is printed and repeats every 1 ms on a fresh connection. Both run plain JavaScript without a loader; dist/ is built with \`npm run build\` at the start of the suite, and one unmeasured start of each comes first. Then SIGTERM: berth drains and exits 0; bare node has no handler and dies of the signal (exit 143).`,
       tables: [table],
       notes: [
-        `Per round, berth's start took ${fmt(median(berth.map((s, i) => s.readyMs - node[i]!.readyMs)), 1)} ms more than bare node (median). Loading the modules \`berth demo\` loads accounts for about ${fmt(importCost, 1)} ms of it (third row against second); constructing and starting the three services and the runner, and writing the log line, for about ${fmt(startCost, 1)} ms (first row against third). Medians of per-round differences, so they need not add up exactly.`,
+        `Per round, berth's start took ${fmt(median(berth.map((s, i) => s.readyMs - node[i]!.readyMs)), 1)} ms more than bare node (median). Loading the modules \`berth demo\` loads accounts for about ${fmt(importCost, 1)} ms of it (third row against second); constructing and starting the demo's services and the runner, and writing the log line, for about ${fmt(startCost, 1)} ms (first row against third). Medians of per-round differences, so they need not add up exactly.`,
       ],
     };
   },
