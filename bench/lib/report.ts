@@ -150,3 +150,33 @@ export function writeBenchmarks(
   }
   writeFileSync(file, `${parts.join('\n').trimEnd()}\n`);
 }
+
+/** Where a section's hand-written analysis begins: every notes file starts with this heading. */
+const ANALYSIS_HEADING = /^### Analysis/m;
+
+/**
+ * Puts the current bench/notes/<suite>.md in place of each section's analysis in `file`, the
+ * figures untouched: for notes written after the run that made the figures they discuss.
+ * Returns the suites whose analysis changed.
+ */
+export function refreshAnalysis(file: string, order: readonly string[]): string[] {
+  let text = readFileSync(file, 'utf8');
+  const changed: string[] = [];
+  for (const name of order) {
+    const notesFile = join(NOTES_DIR, `${name}.md`);
+    const start = text.indexOf(START(name));
+    const end = text.indexOf(END(name));
+    if (!existsSync(notesFile) || start === -1 || end === -1) continue;
+    const body = text.slice(start + START(name).length, end);
+    const at = body.search(ANALYSIS_HEADING);
+    const figures = (at === -1 ? body : body.slice(0, at)).trim();
+    // A pending section has no figures to discuss: it keeps no analysis.
+    if (figures.includes('no figures until it runs')) continue;
+    const next = `\n${figures}\n\n${readFileSync(notesFile, 'utf8').trim()}\n`;
+    if (next === body) continue;
+    text = text.slice(0, start + START(name).length) + next + text.slice(end);
+    changed.push(name);
+  }
+  writeFileSync(file, text);
+  return changed;
+}
