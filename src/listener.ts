@@ -10,6 +10,7 @@ import { ServiceClosedError, ServiceFailedError } from './errors.js';
 import type { Lifecycle } from './lifecycle.js';
 import { formatAddress, type ListenTarget, listenOn } from './listen.js';
 import { serveOneConnection } from './systemd/accepted-connection.js';
+import { noop } from './util.js';
 
 export interface ListenerOptions {
   /** The service's name, for errors and events. */
@@ -29,8 +30,6 @@ export interface ListenerOptions {
   /** The listener failed after it was listening: the service must stop. */
   onFailure: (error: Error) => void;
 }
-
-function noop(): void {}
 
 export class Listener {
   /** Errors accepting connections that Node reported (EMFILE when libuv cannot shed them, ...). */

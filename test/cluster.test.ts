@@ -260,3 +260,27 @@ test('runCluster(): the library entry point forks, serves, and drains on SIGTERM
   assert.equal(await exitWithin(child, 15_000), 0);
   assert.match(child.stdout(), /"result":\{"reason":"signal","exitCode":0\}/);
 });
+
+test('a second signal forces every worker down and exits 143 at once', async (t) => {
+  const c = await startCluster(t, ['--shutdown-timeout', '30s']);
+  const pids = (await workers(c.diag)).map((w) => w.pid);
+  // A request that holds the drain open for a long time.
+  const pending = get(c.http, '/sleep?ms=20000').catch(() => 'cut');
+  await sleep(200);
+  c.child.proc.kill('SIGTERM');
+  await c.child.line(/"msg":"draining"/);
+  const sent = Date.now();
+  c.child.proc.kill('SIGTERM');
+  assert.equal(await exitWithin(c.child, 10_000), 143);
+  assert.ok(Date.now() - sent < 3_000, 'the forced exit was not at once');
+  assert.equal(await pending, 'cut');
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  await waitFor(() => !pids.some(alive), 'every worker to be gone', 5_000);
+});

@@ -2,6 +2,8 @@
 // the parse phase, the per-client view, errors, registration and metrics.
 import assert from 'node:assert/strict';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { once } from 'node:events';
+import { createServer, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -11,8 +13,10 @@ import {
   createDemoTaskServer,
   ErrorCode,
   InvalidOptionError,
+  registerDemoTasks,
   ServerFrame,
   TaskCancelledError,
+  TaskClient,
   type TaskConnection,
   type TaskContext,
   TaskError,
@@ -657,3 +661,31 @@ test('a raw client sees exactly the frames the spec promises for a streamed resp
 export type _RunSeesContext = Parameters<
   Parameters<TaskServer['register']>[1] & ((m: Buffer, c: TaskContext) => unknown)
 >[1];
+
+test('a TaskServer serves one handed-over connection (Accept=yes, inetd) and then closes itself', async (t) => {
+  // A listener the test owns accepts the connection, as systemd would, and hands the socket over.
+  const acceptor = createServer();
+  t.after(() => acceptor.close());
+  acceptor.listen(0, '127.0.0.1');
+  await once(acceptor, 'listening');
+  const handedOver = once(acceptor, 'connection');
+  const port = (acceptor.address() as { port: number }).port;
+  const client = await Promise.all([
+    TaskClient.connect({ host: '127.0.0.1', port }),
+    handedOver.then(([socket]) => {
+      const server = registerDemoTasks(
+        new TaskServer({ connection: socket as Socket, registry: null }),
+      );
+      t.after(() => server.destroy());
+      return server.start().then(() => server);
+    }),
+  ]).then(async ([c, server]) => {
+    assert.equal((await c.call('echo', 'one connection')).toString(), 'one connection');
+    assert.equal(server.stats.listening, 0);
+    await c.close();
+    await server.closed; // the connection ended, so the server did too
+    assert.equal(server.state, 'closed');
+    return c;
+  });
+  t.after(() => client.destroy());
+});

@@ -28,6 +28,7 @@ import {
   validateObject,
 } from '../options.js';
 import type { CloseOptions, Service, ServiceState } from '../service.js';
+import { noop } from '../util.js';
 import {
   isBerthMessage,
   type PrimaryMessage,
@@ -173,8 +174,6 @@ const SIGNAL_NUMBERS: Record<string, number> = {
   SIGTERM: 15,
 };
 const workerChannel = channel('berth:cluster:worker');
-
-function noop(): void {}
 
 export class WorkerPool extends EventEmitter<WorkerPoolEvents> implements Service {
   readonly name: string;

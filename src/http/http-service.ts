@@ -46,6 +46,7 @@ import {
   validateString,
 } from '../options.js';
 import type { ActivitySink, CloseOptions, Service, ServiceState } from '../service.js';
+import { isPromiseLike, noop } from '../util.js';
 
 type AnyRequest = IncomingMessage | http2.Http2ServerRequest;
 type AnyResponse = ServerResponse | http2.Http2ServerResponse;
@@ -253,16 +254,6 @@ interface SocketState {
 
 const kState = Symbol('berth.http.socket');
 type TrackedSocket = Socket & { [kState]?: SocketState };
-
-function noop(): void {}
-
-function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
-  return (
-    typeof value === 'object' &&
-    value !== null &&
-    typeof (value as PromiseLike<unknown>).then === 'function'
-  );
-}
 
 /** Node keeps an interval that checks request timeouts; only `http.Server#close` clears it. */
 function clearConnectionsCheck(server: NetServer): void {

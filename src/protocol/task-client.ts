@@ -33,6 +33,7 @@ import {
   validatePort,
   validateString,
 } from '../options.js';
+import { noop } from '../util.js';
 import {
   encodeClientHello,
   type Frame,
@@ -149,8 +150,6 @@ const KNOWN_OPTIONS = [
 const CLOSE_LINGER = 1_000; // ms
 
 const goodbyeChannel = channel('berth:task:goodbye');
-
-function noop(): void {}
 
 function toBuffer(value: Uint8Array | string): Buffer {
   if (typeof value === 'string') return Buffer.from(value, 'utf8');

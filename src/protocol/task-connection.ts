@@ -18,6 +18,7 @@ import {
 } from '../errors.js';
 import { formatAddress } from '../listen.js';
 import type { ActivitySink } from '../service.js';
+import { isPromiseLike, noop } from '../util.js';
 import {
   ClientHelloDecoder,
   encodeRefusal,
@@ -120,16 +121,6 @@ const PAUSE_BLOCKED = 1;
 const PAUSE_BUDGET = 2;
 
 const EMPTY = Buffer.alloc(0);
-
-function noop(): void {}
-
-function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
-  return (
-    typeof value === 'object' &&
-    value !== null &&
-    typeof (value as PromiseLike<unknown>).then === 'function'
-  );
-}
 
 /** The application code an error carries (0 to 199), or undefined. */
 function applicationCode(err: unknown): number | undefined {

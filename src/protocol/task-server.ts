@@ -37,6 +37,7 @@ import {
 } from '../options.js';
 import type { ActivitySink, CloseOptions, Service, ServiceState } from '../service.js';
 import { type ConnectionContext, TcpService } from '../tcp/tcp-service.js';
+import { noop } from '../util.js';
 import {
   ErrorCode,
   FIRST_RESERVED_TASK_CODE,
@@ -132,8 +133,6 @@ const KNOWN_OPTIONS = [
 ] as const;
 
 const closeChannel = channel('berth:task:close');
-
-function noop(): void {}
 
 /** A registered task as `listTasks` and the registry report it. */
 export interface RegisteredTask {

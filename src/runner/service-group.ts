@@ -560,10 +560,14 @@ export class ServiceGroup extends EventEmitter<ServiceGroupEvents> {
     const exitCode = 128 + (constants.signals[signal] ?? 0);
     this.emit('forced', { signal });
     if (channels.forced.hasSubscribers) channels.forced.publish({ group: this, signal });
+    // Called now, not later: the synchronous part of a destroy (sockets destroyed, workers
+    // killed) must happen before process.exit below, which runs no further callbacks.
     for (const service of this.#all) {
-      void Promise.resolve()
-        .then(() => service.destroy())
-        .catch(() => {});
+      try {
+        service.destroy().catch(() => {});
+      } catch {
+        // a user's destroy that throws must not keep the others from being destroyed
+      }
     }
     const result: RunResult = {
       reason: 'forced',

@@ -38,6 +38,7 @@ import {
   validateString,
 } from '../options.js';
 import type { ActivitySink, CloseOptions, Service, ServiceState } from '../service.js';
+import { isPromiseLike, noop } from '../util.js';
 
 /** What a handler learns about its connection besides the stream itself. */
 export interface ConnectionContext {
@@ -246,16 +247,6 @@ class ConnectionList {
     }
   }
 }
-
-function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
-  return (
-    typeof value === 'object' &&
-    value !== null &&
-    typeof (value as PromiseLike<unknown>).then === 'function'
-  );
-}
-
-function noop(): void {}
 
 export class TcpService implements Service {
   readonly name: string;
