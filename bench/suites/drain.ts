@@ -41,6 +41,12 @@ const STRATEGIES: readonly Strategy[] = [
 const CLIENTS = 50;
 const TRIGGER_AT = 500; // ms after every client has had its first answer
 const IDLE_SOCKETS = 5_000;
+/**
+ * How long the idle sockets sit idle before the signal: longer than berth's 1 s idle grace, so
+ * they are idle sockets, not sockets that just finished a response (whose client may have its
+ * next request on the wire: the under-load table's case, which a drain must wait for).
+ */
+const IDLE_SETTLE = 2_000;
 const DEADLINE = 5_000; // what each fixture gives its strategy
 
 const fixture = (s: Strategy) => join(BENCH_DIR, 'fixtures', `drain-${s.key}.ts`);
@@ -138,6 +144,7 @@ async function idleRun(strategy: Strategy): Promise<IdleRun> {
         `${strategy.key}: only ${idle.split(' ')[1]} of ${IDLE_SOCKETS} sockets open`,
       );
     }
+    await sleep(IDLE_SETTLE);
     load.send('shutdown');
     await load.line(/^shutdown-ack$/, 5_000);
     const { stopMs } = await shutdown(server, bound);
@@ -448,7 +455,7 @@ export const drainSuite: Suite = {
       rows: drainRows,
     };
     const idleTable: Table = {
-      title: `Time to stop with ${fmt(IDLE_SOCKETS)} idle keep-alive sockets open, ${idleRuns} runs per strategy`,
+      title: `Time to stop with ${fmt(IDLE_SOCKETS)} idle keep-alive sockets open (each idle ${fmt(IDLE_SETTLE / 1000)} s or more), ${idleRuns} runs per strategy`,
       columns: [
         'strategy',
         'time to stop, ms: median (range)',
@@ -458,7 +465,7 @@ export const drainSuite: Suite = {
       rows: idleRows,
     };
     return {
-      method: `Each strategy serves the same app (\`setTimeout(() => res.end('ok'), 10)\`, keepAliveTimeout 30 s) in its own process and gets SIGTERM; a strategy that takes a deadline gets ${fmt(DEADLINE)} ms. Load: node:http clients, one keep-alive \`Agent\` with one socket each; a request counts as *failed after write* when it failed (ECONNRESET, socket hang up, EPIPE) after its bytes were written to the socket ('finish'), and as *refused* when a new connection got ECONNREFUSED (clean, retryable). After SIGTERM clients continue until refused or for at most ${fmt(after)} ms. *Time to stop* runs from the signal's arrival in the server to its listener and last connection being closed, measured in the server process. Strategies run in rotating order. The cluster rows run berth's built CLI, \`berth serve\` of the same application as a module (bench/fixtures/drain-app.mjs) with ${WORKERS} workers and berth's defaults throughout (keepAliveTimeout too), and read its own log: the port from \`workers ready\`, the reload's duration from \`reload complete in N ms\` (SIGHUP to every new worker ready and every old one drained), the drain's from \`shutdown complete in N ms\`.`,
+      method: `Each strategy serves the same app (\`setTimeout(() => res.end('ok'), 10)\`, keepAliveTimeout 30 s) in its own process and gets SIGTERM; a strategy that takes a deadline gets ${fmt(DEADLINE)} ms. Load: node:http clients, one keep-alive \`Agent\` with one socket each; a request counts as *failed after write* when it failed (ECONNRESET, socket hang up, EPIPE) after its bytes were written to the socket ('finish'), and as *refused* when a new connection got ECONNREFUSED (clean, retryable). After SIGTERM clients continue until refused or for at most ${fmt(after)} ms. *Time to stop* runs from the signal's arrival in the server to its listener and last connection being closed, measured in the server process. In the idle test each socket gets one answer, then all ${fmt(IDLE_SOCKETS)} sit idle ${fmt(IDLE_SETTLE)} ms before the signal, longer than berth's 1 s idle grace (the keepAliveTimeout of 30 s keeps them open for every strategy). Strategies run in rotating order. The cluster rows run berth's built CLI, \`berth serve\` of the same application as a module (bench/fixtures/drain-app.mjs) with ${WORKERS} workers and berth's defaults throughout (keepAliveTimeout too), and read its own log: the port from \`workers ready\`, the reload's duration from \`reload complete in N ms\` (SIGHUP to every new worker ready and every old one drained), the drain's from \`shutdown complete in N ms\`.`,
       tables: [drainTable, idleTable, clusterTable],
       notes,
     };
