@@ -123,12 +123,26 @@ async function drainRun(strategy: Strategy, after: number): Promise<DrainRun> {
   }
 }
 
-async function idleRun(strategy: Strategy): Promise<IdleRun> {
+/**
+ * One idle-stop run. With `profileDir`, the server runs under `--cpu-prof` (every strategy
+ * alike); its stop is the end of the profile: read it with `profile-summary.ts --last 300`.
+ */
+async function idleRun(strategy: Strategy, profileDir?: string): Promise<IdleRun> {
   const bound = DEADLINE + 10_000;
   const fds = IDLE_SOCKETS + 1_000;
+  const profile = profileDir
+    ? [
+        '--cpu-prof',
+        '--cpu-prof-interval',
+        '100',
+        '--cpu-prof-dir',
+        join(profileDir, `drain-idle-${strategy.key}-${Date.now()}`),
+      ]
+    : [];
   const { child: server, port } = await startServer(strategy.key, fixture(strategy), [], {
     timeout: 120_000,
     fds,
+    nodeFlags: profile,
   });
   let load: Child | undefined;
   try {
@@ -326,7 +340,7 @@ export const drainSuite: Suite = {
     for (let round = 0; round < idleRuns; round++) {
       const order = strategies.map((_, i) => strategies[(i + round) % strategies.length]!);
       for (const s of order) {
-        const r = await idleRun(s);
+        const r = await idleRun(s, ctx.profileDir);
         idle.get(s.key)!.push(r);
         ctx.log(
           `idle run ${round + 1}/${idleRuns} ${s.key}: stop ${r.stopMs === undefined ? 'never' : `${fmt(r.stopMs, 1)} ms`}, last socket closed ${fmt(r.lastCloseMs, 1)} ms (client view), ${r.closedAfterShutdown}/${r.opened} closed`,
