@@ -5,11 +5,12 @@
  * metric on the hot path. Each metric is created once per registry and shared by every service
  * that reports into it, labelled `service="<name>"`; at scrape time its `collect` reads each
  * service's current stats. Counters advance by the difference since the last scrape, so they stay
- * monotonic. Histograms are the exception: they must see each observation, so services observe
- * them directly through `sharedHistogram`.
+ * monotonic. Histograms must see each observation: services keep them in `HistogramCells`
+ * (plain arrays, nothing allocated per observation) and the registry reads those at scrape
+ * time through `exportHistogram`.
  */
 
-import { Counter, register as defaultRegistry, Gauge, Histogram, type Registry } from 'prom-client';
+import { Counter, register as defaultRegistry, Gauge, type Registry } from 'prom-client';
 
 export type StatValue = number | Readonly<Record<string, number>>;
 
@@ -119,24 +120,145 @@ export function exportStats<S>(
   }
 }
 
-const histograms = new WeakMap<Registry, Map<string, Histogram<string>>>();
-
-/** One histogram per registry and name, shared by every service that observes into it. */
-export function sharedHistogram(
-  registry: Registry,
-  config: { name: string; help: string; labelNames: string[]; buckets?: number[] },
-): Histogram<string> {
-  let byName = histograms.get(registry);
-  if (!byName) {
-    byName = new Map();
-    histograms.set(registry, byName);
-  }
-  const known = byName.get(config.name);
-  if (known && registry.getSingleMetric(config.name) === known) return known;
-  const histogram = new Histogram({ ...config, registers: [registry] });
-  byName.set(config.name, histogram);
-  return histogram;
-}
-
 /** prom-client's global registry: what services report into unless given one. */
 export { defaultRegistry };
+
+/**
+ * A histogram kept in a plain `Float64Array`: `slots` label combinations (an HTTP status class, a
+ * task code), each with a count per bucket, one for +Inf, the sum and the count. Observing is
+ * a bucket search and three additions, with nothing allocated: prom-client's own `observe`
+ * validates and hashes a labels object on every call, which the http benchmark measured at
+ * 1-2 µs a request. `exportHistogram` lets a registry read it at scrape time.
+ */
+export class HistogramCells {
+  readonly buckets: readonly number[];
+  readonly slots: number;
+  /** Cells per slot: the buckets, +Inf, the sum, the count. */
+  readonly stride: number;
+  readonly data: Float64Array;
+
+  constructor(buckets: readonly number[], slots: number) {
+    this.buckets = buckets;
+    this.slots = slots;
+    this.stride = buckets.length + 3;
+    this.data = new Float64Array(slots * this.stride);
+  }
+
+  observe(slot: number, value: number): void {
+    const bounds = this.buckets;
+    let i = 0;
+    while (i < bounds.length && value > bounds[i]!) i++;
+    const at = slot * this.stride;
+    const d = this.data;
+    d[at + i]!++;
+    d[at + bounds.length + 1]! += value;
+    d[at + bounds.length + 2]!++;
+  }
+}
+
+/** One sample as prom-client's registry formats it. */
+interface Sample {
+  metricName: string;
+  labels: Record<string, string | number>;
+  value: number;
+}
+
+interface HistogramSource {
+  cells: HistogramCells;
+  labels: (slot: number) => Record<string, string>;
+  /** What a service of the same name had counted before this one replaced it. */
+  base: Float64Array;
+}
+
+/**
+ * The registry's view of every service's `HistogramCells` under one name: an object with the
+ * shape prom-client's `Registry` (and its cluster aggregator) reads, which builds the samples
+ * when scraped.
+ */
+class CellsHistogram {
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  readonly sources = new Map<string, HistogramSource>();
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+  ) {}
+
+  get(): { name: string; help: string; type: string; aggregator: string; values: Sample[] } {
+    const values: Sample[] = [];
+    for (const [service, { cells, labels: labelsOf, base }] of this.sources) {
+      const { data, stride, buckets } = cells;
+      const n = buckets.length;
+      for (let slot = 0; slot < cells.slots; slot++) {
+        const at = slot * stride;
+        const count = data[at + n + 2]! + base[at + n + 2]!;
+        if (count === 0) continue;
+        const labels = { service, ...labelsOf(slot) };
+        let cumulative = 0;
+        for (let i = 0; i <= n; i++) {
+          cumulative += data[at + i]! + base[at + i]!;
+          values.push({
+            metricName: `${this.name}_bucket`,
+            labels: { ...labels, le: i < n ? buckets[i]! : '+Inf' },
+            value: cumulative,
+          });
+        }
+        values.push({
+          metricName: `${this.name}_sum`,
+          labels,
+          value: data[at + n + 1]! + base[at + n + 1]!,
+        });
+        values.push({ metricName: `${this.name}_count`, labels, value: count });
+      }
+    }
+    return {
+      name: this.name,
+      help: this.help,
+      type: this.type,
+      aggregator: this.aggregator,
+      values,
+    };
+  }
+
+  reset(): void {
+    for (const source of this.sources.values()) {
+      source.cells.data.fill(0);
+      source.base.fill(0);
+    }
+  }
+}
+
+const cellHistograms = new WeakMap<Registry, Map<string, CellsHistogram>>();
+
+/**
+ * Exports one service's `cells` into `registry` as histogram `name`, labelled `service` plus
+ * `labels(slot)`; a slot with no observation is left out. A later service of the same name
+ * continues its predecessor's counts (a restart), as `exportStats` does for counters.
+ */
+export function exportHistogram(
+  registry: Registry,
+  spec: { name: string; help: string },
+  service: string,
+  cells: HistogramCells,
+  labels: (slot: number) => Record<string, string>,
+): void {
+  let byName = cellHistograms.get(registry);
+  if (!byName) {
+    byName = new Map();
+    cellHistograms.set(registry, byName);
+  }
+  let histogram = byName.get(spec.name);
+  // A registry that was cleared no longer holds it: make a new one.
+  if (!histogram || registry.getSingleMetric(spec.name) !== (histogram as unknown)) {
+    histogram = new CellsHistogram(spec.name, spec.help);
+    byName.set(spec.name, histogram);
+    registry.registerMetric(histogram as unknown as Parameters<Registry['registerMetric']>[0]);
+  }
+  const previous = histogram.sources.get(service);
+  const base = new Float64Array(cells.data.length);
+  if (previous && previous.cells.data.length === base.length) {
+    for (let i = 0; i < base.length; i++) base[i] = previous.base[i]! + previous.cells.data[i]!;
+  }
+  histogram.sources.set(service, { cells, labels, base });
+}

@@ -154,6 +154,8 @@ test('N workers serve; /metrics sums every worker; /debug/vars lists each', asyn
   const metrics = (await get(c.diag, '/metrics')).body;
   assert.match(metrics, /berth_http_requests_total\{service="http"\} 20\n/);
   assert.match(metrics, /berth_cluster_workers_ready\{service="workers"\} 2\n/);
+  // The duration histogram (kept in arrays, read at scrape time) is summed across workers too.
+  assert.match(metrics, /berth_http_request_duration_seconds_count\{service="http",class="2xx"\} 20\n/);
   const listed = await workers(c.diag);
   assert.deepEqual(listed.map((w) => String(w.pid)).sort(), [...pids].sort());
   assert.equal((await get(c.diag, '/ready')).status, 200);

@@ -14,7 +14,7 @@ import https from 'node:https';
 import { Server as NetServer, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type TlsOptions, Server as TlsServer } from 'node:tls';
-import type { Histogram, Registry } from 'prom-client';
+import type { Registry } from 'prom-client';
 import {
   ServiceClosingError,
   ServiceDestroyedError,
@@ -32,7 +32,13 @@ import {
   parseListenTarget,
 } from '../listen.js';
 import { Listener } from '../listener.js';
-import { defaultRegistry, exportStats, type StatMetric, sharedHistogram } from '../metrics.js';
+import {
+  defaultRegistry,
+  exportHistogram,
+  exportStats,
+  HistogramCells,
+  type StatMetric,
+} from '../metrics.js';
 import {
   optional,
   rejectUnknownKeys,
@@ -240,11 +246,20 @@ const HTTP_METRICS: readonly StatMetric<HttpStats>[] = [
   },
 ];
 
-const CLASSES = ['1xx', '1xx', '2xx', '3xx', '4xx', '5xx'] as const;
+/** The status class of slot `n` (a status code divided by 100); slot 0 is never used. */
+const CLASSES = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx'] as const;
+
+/** Duration buckets (seconds): prom-client's defaults, which fit request latencies. */
+const DURATION_BUCKETS = Object.freeze([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]);
 
 /** Per HTTP/1 socket: requests in flight on it, and its idle-grace timer while draining. */
 interface SocketState {
   inflight: number;
+  /**
+   * The newest response in flight: the one a drain marks `Connection: close`. Node writes a
+   * connection's responses in order, so any pipelined before it still go out first.
+   */
+  current: AnyResponse | undefined;
   idleTimer: NodeJS.Timeout | undefined;
   /** `performance.now()` when the socket last had nothing in flight (accepted, or a response ended). */
   idleSince: number;
@@ -272,7 +287,8 @@ export class HttpService implements Service {
   readonly #shutdownTimeout: number;
   readonly #idleGrace: number;
   readonly #lifecycle: Lifecycle;
-  readonly #histogram: Histogram<string> | undefined;
+  /** Request durations by status class (slots 1 to 5), when metrics are on. */
+  readonly #durations: HistogramCells | undefined;
   /** Aborted when the drain begins; what upgrade handlers watch. */
   readonly #closing = new AbortController();
 
@@ -283,7 +299,8 @@ export class HttpService implements Service {
   readonly #sessions = new Set<http2.ServerHttp2Session>();
   readonly #upgraded = new Set<Duplex>();
   /** Responses in flight, so the drain can mark each `Connection: close`. */
-  readonly #inflight = new Set<AnyResponse>();
+  /** Requests in flight, HTTP/1 and HTTP/2. */
+  #busy = 0;
 
   /** A cleartext HTTP/2 server (prior knowledge): every connection is a session. */
   readonly #h2c: boolean;
@@ -424,11 +441,17 @@ export class HttpService implements Service {
     const registry = options.registry === undefined ? defaultRegistry : options.registry;
     if (registry) {
       exportStats(registry, this.name, () => this.stats, HTTP_METRICS);
-      this.#histogram = sharedHistogram(registry, {
-        name: 'berth_http_request_duration_seconds',
-        help: 'Time from request to the end of its response, by status class.',
-        labelNames: ['service', 'class'],
-      });
+      this.#durations = new HistogramCells(DURATION_BUCKETS, 6);
+      exportHistogram(
+        registry,
+        {
+          name: 'berth_http_request_duration_seconds',
+          help: 'Time from request to the end of its response, by status class.',
+        },
+        this.name,
+        this.#durations,
+        (slot) => ({ class: CLASSES[slot]! }),
+      );
     }
   }
 
@@ -453,7 +476,7 @@ export class HttpService implements Service {
   get stats(): HttpStats {
     const c = this.#classes;
     return {
-      busy: this.#inflight.size,
+      busy: this.#busy,
       count: this.#count,
       error: this.#errors,
       listening: this.#listener.listening ? 1 : 0,
@@ -518,15 +541,16 @@ export class HttpService implements Service {
     if (drainChannel.hasSubscribers) {
       drainChannel.publish({
         service: this.name,
-        inflight: this.#inflight.size,
+        inflight: this.#busy,
         connections: this.#connections.size,
       });
     }
-    // 2. Every response not yet sent tells its client to leave after it.
-    for (const res of this.#inflight) this.#markLast(res);
-    // 3. Sockets with nothing in flight get the idle grace; HTTP/2 sessions get GOAWAY.
+    // 2. Every HTTP/1 connection's response not yet sent tells its client to leave after it;
+    // 3. sockets with nothing in flight get the idle grace; HTTP/2 sessions get GOAWAY.
     for (const socket of this.#httpSockets) {
-      if (socket[kState]!.inflight === 0) this.#startIdleGrace(socket);
+      const state = socket[kState]!;
+      if (state.current) this.#markLast(state.current);
+      if (state.inflight === 0) this.#startIdleGrace(socket);
     }
     for (const session of this.#sessions) session.close();
     // 4. Upgraded connections are told, and must close themselves before the deadline.
@@ -544,7 +568,7 @@ export class HttpService implements Service {
   }
 
   #isIdle(): boolean {
-    return this.#connections.size === 0 && this.#inflight.size === 0;
+    return this.#connections.size === 0 && this.#busy === 0;
   }
 
   #destroyAll(): void {
@@ -581,6 +605,7 @@ export class HttpService implements Service {
     if ((socket as Socket & { alpnProtocol?: string | false }).alpnProtocol === 'h2') return;
     socket[kState] = {
       inflight: 0,
+      current: undefined,
       idleTimer: undefined,
       idleSince: performance.now(),
       bytesAtIdle: socket.bytesRead,
@@ -629,12 +654,13 @@ export class HttpService implements Service {
 
   #onRequest(req: AnyRequest, res: AnyResponse): void {
     this.#requests++;
-    this.#inflight.add(res);
+    this.#busy++;
     const activity = this.#activity?.begin();
     const socket = req.socket as TrackedSocket;
     const state = req.httpVersionMajor === 2 ? undefined : socket[kState];
     if (state) {
       state.inflight++;
+      state.current = res;
       if (state.idleTimer) {
         clearTimeout(state.idleTimer);
         state.idleTimer = undefined;
@@ -644,19 +670,19 @@ export class HttpService implements Service {
     const started = performance.now();
     res.once('close', () => {
       const ended = performance.now();
-      this.#inflight.delete(res);
+      this.#busy--;
       activity?.end();
       if (res.writableFinished) {
         const cls = (res.statusCode / 100) | 0;
-        if (cls >= 1 && cls <= 5) this.#classes[cls]!++;
-        this.#histogram?.observe(
-          { service: this.name, class: CLASSES[cls] ?? '5xx' },
-          (ended - started) / 1e3,
-        );
+        if (cls >= 1 && cls <= 5) {
+          this.#classes[cls]!++;
+          this.#durations?.observe(cls, (ended - started) / 1e3);
+        }
       } else {
         this.#aborted++;
       }
       if (state && --state.inflight === 0) {
+        state.current = undefined;
         state.idleSince = ended;
         state.bytesAtIdle = socket.bytesRead;
         if (this.#draining && !socket.destroyed) this.#startIdleGrace(socket);

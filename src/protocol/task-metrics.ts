@@ -7,7 +7,7 @@
  */
 
 import { Counter, type Registry } from 'prom-client';
-import { exportStats, type StatMetric } from '../metrics.js';
+import { exportHistogram, exportStats, HistogramCells, type StatMetric } from '../metrics.js';
 
 /** How a task ended. */
 export const OUTCOMES = [
@@ -47,8 +47,6 @@ const OUTCOME_COUNT = OUTCOMES.length;
 export const DURATION_BUCKETS = Object.freeze([
   0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
 ]);
-/** Per code: a count per bucket, one for +Inf, then the sum and the count. */
-const DURATION_STRIDE = DURATION_BUCKETS.length + 3;
 
 /** The plain numbers a server counts in; `TaskServer.stats` is a snapshot of them. */
 export class TaskCounters {
@@ -66,8 +64,8 @@ export class TaskCounters {
   /** Tasks ended, by code (0 to 255) and outcome: `byCode[code * 7 + outcome]`. */
   readonly byCode = new Float64Array(256 * OUTCOME_COUNT);
 
-  /** Durations by code: `DURATION_STRIDE` cells per code (buckets, +Inf, sum, count). */
-  readonly durations = new Float64Array(256 * DURATION_STRIDE);
+  /** Durations (seconds) by task code. */
+  readonly durations = new HistogramCells(DURATION_BUCKETS, 256);
 
   count(code: number, outcome: number): void {
     this.byCode[code * OUTCOME_COUNT + outcome]!++;
@@ -75,14 +73,7 @@ export class TaskCounters {
 
   /** A task with this code took `seconds`. */
   observe(code: number, seconds: number): void {
-    const bounds = DURATION_BUCKETS;
-    let i = 0;
-    while (i < bounds.length && seconds > bounds[i]!) i++;
-    const base = code * DURATION_STRIDE;
-    const d = this.durations;
-    d[base + i]!++;
-    d[base + bounds.length + 1]! += seconds;
-    d[base + bounds.length + 2]!++;
+    this.durations.observe(code, seconds);
   }
 
   /** Tasks ended, by outcome, over every code. */
@@ -226,103 +217,6 @@ function exportTaskCounter(
   family.sources.set(service, { counters, names, last: previous?.last ?? new Map() });
 }
 
-interface DurationSource {
-  counters: TaskCounters;
-  names: (code: number) => string;
-  /** What a service of the same name had counted before this one replaced it. */
-  base: Float64Array;
-}
-
-/** One sample as prom-client's registry formats it. */
-interface Sample {
-  metricName: string;
-  labels: Record<string, string | number>;
-  value: number;
-}
-
-const DURATION_NAME = 'berth_task_duration_seconds';
-
-/**
- * `berth_task_duration_seconds{service,code,task}` as a prom-client metric object: the registry
- * calls `get()` at scrape time and it reads the buckets every server of that registry kept.
- */
-class DurationHistogram {
-  readonly name = DURATION_NAME;
-  readonly help = 'Time from a task starting to its final frame, by task code.';
-  readonly type = 'histogram';
-  readonly aggregator = 'sum';
-  readonly sources = new Map<string, DurationSource>();
-
-  get(): { name: string; help: string; type: string; aggregator: string; values: Sample[] } {
-    const values: Sample[] = [];
-    const n = DURATION_BUCKETS.length;
-    for (const [service, { counters, names, base }] of this.sources) {
-      const d = counters.durations;
-      for (let code = 0; code < 256; code++) {
-        const at = code * DURATION_STRIDE;
-        const count = d[at + n + 2]! + base[at + n + 2]!;
-        if (count === 0) continue;
-        const labels = { service, code: String(code), task: names(code) };
-        let cumulative = 0;
-        for (let i = 0; i <= n; i++) {
-          cumulative += d[at + i]! + base[at + i]!;
-          values.push({
-            metricName: `${DURATION_NAME}_bucket`,
-            labels: { ...labels, le: i < n ? DURATION_BUCKETS[i]! : '+Inf' },
-            value: cumulative,
-          });
-        }
-        values.push({
-          metricName: `${DURATION_NAME}_sum`,
-          labels,
-          value: d[at + n + 1]! + base[at + n + 1]!,
-        });
-        values.push({ metricName: `${DURATION_NAME}_count`, labels, value: count });
-      }
-    }
-    return {
-      name: this.name,
-      help: this.help,
-      type: this.type,
-      aggregator: this.aggregator,
-      values,
-    };
-  }
-
-  reset(): void {
-    for (const source of this.sources.values()) {
-      source.counters.durations.fill(0);
-      source.base.fill(0);
-    }
-  }
-}
-
-const durationHistograms = new WeakMap<Registry, DurationHistogram>();
-
-function exportDurations(
-  registry: Registry,
-  service: string,
-  counters: TaskCounters,
-  names: (code: number) => string,
-): void {
-  let histogram = durationHistograms.get(registry);
-  // A registry that was cleared no longer holds it: make a new one.
-  if (!histogram || registry.getSingleMetric(DURATION_NAME) !== (histogram as unknown)) {
-    histogram = new DurationHistogram();
-    durationHistograms.set(registry, histogram);
-    registry.registerMetric(histogram as unknown as Parameters<Registry['registerMetric']>[0]);
-  }
-  const previous = histogram.sources.get(service);
-  const base = new Float64Array(256 * DURATION_STRIDE);
-  if (previous) {
-    // A restarted service continues its predecessor's histogram rather than resetting it.
-    for (let i = 0; i < base.length; i++) {
-      base[i] = previous.base[i]! + previous.counters.durations[i]!;
-    }
-  }
-  histogram.sources.set(service, { counters, names, base });
-}
-
 /** Exports a task server's metrics into `registry`, read from `counters` at scrape time. */
 export function exportTaskMetrics(
   registry: Registry,
@@ -333,5 +227,14 @@ export function exportTaskMetrics(
 ): void {
   exportStats(registry, service, stats, TASK_METRICS);
   exportTaskCounter(registry, service, counters, names);
-  exportDurations(registry, service, counters, names);
+  exportHistogram(
+    registry,
+    {
+      name: 'berth_task_duration_seconds',
+      help: 'Time from a task starting to its final frame, by task code.',
+    },
+    service,
+    counters.durations,
+    (code) => ({ code: String(code), task: names(code) }),
+  );
 }
