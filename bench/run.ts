@@ -28,7 +28,8 @@ suites: ${SUITES.map((s) => s.name).join(', ')} (default: all)
 options:
   --quick        short rounds for development; does not write BENCHMARKS.md
   --rounds N     rounds per comparison (default: the suite's, 7 for tcp, 5 for drain)
-  --profile      write V8 CPU profiles of the tcp server fixtures (both sides) to
+  --profile      write V8 CPU profiles of the server fixtures (both sides) of tcp and
+                 http, and of every strategy's idle-socket stop in drain, to
                  .bench-tmp/profiles/; summarise with bench/tools/profile-summary.ts
   --write        write BENCHMARKS.md even in --quick mode
   --no-write     do not write BENCHMARKS.md

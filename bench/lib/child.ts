@@ -89,7 +89,7 @@ export interface Child {
   close(timeout?: number): Promise<number>;
 }
 
-const SIGNAL_NUMBERS: Record<string, number> = { SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
+const SIGNAL_NUMBERS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
 
 /**
  * Runs a TypeScript script under `node --import tsx` (the same loader for every side of a
@@ -101,7 +101,15 @@ export function spawnScript(
   args: string[],
   options: SpawnOptions,
 ): Child {
-  const nodeArgs = [...(options.nodeFlags ?? []), '--import', 'tsx', script, ...args];
+  return spawnNode(label, ['--import', 'tsx', script, ...args], options);
+}
+
+/**
+ * Runs `node` with `nodeArgs` as they are (plain JavaScript, e.g. berth's built CLI in dist/, or
+ * `-e` code), otherwise as `spawnScript`: registered, killed by pid, stdout read line by line.
+ */
+export function spawnNode(label: string, args: string[], options: SpawnOptions): Child {
+  const nodeArgs = [...(options.nodeFlags ?? []), ...args];
   let command = process.execPath;
   let argv = nodeArgs;
   if (options.fds !== undefined && options.fds > fdLimit()) {

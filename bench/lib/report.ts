@@ -111,12 +111,16 @@ How the figures are made:
 - Every server runs in its own process (a fixture script under \`bench/fixtures/\`), and load
   comes from a separate process (\`bench/load/\`). Both run TypeScript through
   \`node --import tsx\`, the same loader on every side, so no side pays a different load cost.
+  Where berth is run as users run it, its CLI (the startup suite, the drain suite's cluster
+  rows), it runs from \`dist/\`, built by the suite with \`npm run build\`, against plain
+  JavaScript baselines.
 - Loopback only (127.0.0.1). Every process the harness starts it ends by pid, with a time bound,
   also when a run fails or is interrupted.
 - \`npm run bench -- <suite>\` runs one suite and rewrites only its section;
   \`--quick\` runs short rounds for development and does not touch this file.
 - A section's *Analysis* is written by hand in \`bench/notes/<suite>.md\` and kept across runs;
-  \`bench/tools/\` holds what it cites (\`tcp-accept-variants.ts\`, \`profile-summary.ts\`).
+  \`bench/tools/\` holds what it cites (\`tcp-accept-variants.ts\`, \`http-request-variants.ts\`,
+  \`profile-summary.ts\`).
 
 `;
 
@@ -145,4 +149,34 @@ export function writeBenchmarks(
     parts.push(`${START(name)}\n${body.trim()}\n${END(name)}\n`);
   }
   writeFileSync(file, `${parts.join('\n').trimEnd()}\n`);
+}
+
+/** Where a section's hand-written analysis begins: every notes file starts with this heading. */
+const ANALYSIS_HEADING = /^### Analysis/m;
+
+/**
+ * Puts the current bench/notes/<suite>.md in place of each section's analysis in `file`, the
+ * figures untouched: for notes written after the run that made the figures they discuss.
+ * Returns the suites whose analysis changed.
+ */
+export function refreshAnalysis(file: string, order: readonly string[]): string[] {
+  let text = readFileSync(file, 'utf8');
+  const changed: string[] = [];
+  for (const name of order) {
+    const notesFile = join(NOTES_DIR, `${name}.md`);
+    const start = text.indexOf(START(name));
+    const end = text.indexOf(END(name));
+    if (!existsSync(notesFile) || start === -1 || end === -1) continue;
+    const body = text.slice(start + START(name).length, end);
+    const at = body.search(ANALYSIS_HEADING);
+    const figures = (at === -1 ? body : body.slice(0, at)).trim();
+    // A pending section has no figures to discuss: it keeps no analysis.
+    if (figures.includes('no figures until it runs')) continue;
+    const next = `\n${figures}\n\n${readFileSync(notesFile, 'utf8').trim()}\n`;
+    if (next === body) continue;
+    text = text.slice(0, start + START(name).length) + next + text.slice(end);
+    changed.push(name);
+  }
+  writeFileSync(file, text);
+  return changed;
 }

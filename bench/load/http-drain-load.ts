@@ -2,8 +2,9 @@
  * Load generator for the drain suite: `--clients` closed-loop HTTP/1.1 keep-alive clients
  * (one `http.Agent` with one socket each), each sending its next GET as soon as the previous
  * answer arrived. Prints `running` once every client has had an answer. When the harness writes
- * `shutdown` on stdin (and, once acknowledged, sends SIGTERM to the server), clients go on for up to `--after`
- * ms, then stop and close their sockets.
+ * `shutdown` on stdin (and, once acknowledged, signals the server), clients go on for up to
+ * `--after` ms, then stop and close their sockets. `stop` on stdin stops them at once (each
+ * after its request in flight), for runs where the server does not go away (a cluster reload).
  *
  * Each failed request is classified by whether it had been written to its socket (the
  * request's 'finish'): a request written and then failed (ECONNRESET, "socket hang up", EPIPE)
@@ -116,6 +117,11 @@ const control = createInterface({ input: process.stdin });
 // The harness went away (even by SIGKILL): nothing is left to report to.
 control.on('close', () => process.exit(0));
 control.on('line', (line) => {
+  // `stop`: every client stops after its current request (the cluster reload run's end).
+  if (line.trim() === 'stop') {
+    stopping = true;
+    return;
+  }
   if (line.trim() !== 'shutdown' || shutdownAt) return;
   shutdownAt = performance.now();
   console.log('shutdown-ack'); // the harness sends SIGTERM only after this

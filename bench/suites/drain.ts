@@ -9,9 +9,17 @@
  * lines (`ready <port>`, `stopped <ms>`); adding one is adding a row here.
  */
 
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pendingUnless } from '../lib/berth-api.js';
-import { BENCH_DIR, type Child, resultOf, spawnScript, startServer } from '../lib/child.js';
+import { CLI, ensureBuilt } from '../lib/build.js';
+import {
+  BENCH_DIR,
+  type Child,
+  resultOf,
+  spawnNode,
+  spawnScript,
+  startServer,
+} from '../lib/child.js';
 import { fmt, fmtRange, median } from '../lib/stats.js';
 import { mark, type Suite, type SuiteContext, type SuiteReport, type Table } from '../lib/suite.js';
 
@@ -33,6 +41,12 @@ const STRATEGIES: readonly Strategy[] = [
 const CLIENTS = 50;
 const TRIGGER_AT = 500; // ms after every client has had its first answer
 const IDLE_SOCKETS = 5_000;
+/**
+ * How long the idle sockets sit idle before the signal: longer than berth's 1 s idle grace, so
+ * they are idle sockets, not sockets that just finished a response (whose client may have its
+ * next request on the wire: the under-load table's case, which a drain must wait for).
+ */
+const IDLE_SETTLE = 2_000;
 const DEADLINE = 5_000; // what each fixture gives its strategy
 
 const fixture = (s: Strategy) => join(BENCH_DIR, 'fixtures', `drain-${s.key}.ts`);
@@ -109,12 +123,26 @@ async function drainRun(strategy: Strategy, after: number): Promise<DrainRun> {
   }
 }
 
-async function idleRun(strategy: Strategy): Promise<IdleRun> {
+/**
+ * One idle-stop run. With `profileDir`, the server runs under `--cpu-prof` (every strategy
+ * alike); its stop is the end of the profile: read it with `profile-summary.ts --last 300`.
+ */
+async function idleRun(strategy: Strategy, profileDir?: string): Promise<IdleRun> {
   const bound = DEADLINE + 10_000;
   const fds = IDLE_SOCKETS + 1_000;
+  const profile = profileDir
+    ? [
+        '--cpu-prof',
+        '--cpu-prof-interval',
+        '100',
+        '--cpu-prof-dir',
+        join(profileDir, `drain-idle-${strategy.key}-${Date.now()}`),
+      ]
+    : [];
   const { child: server, port } = await startServer(strategy.key, fixture(strategy), [], {
     timeout: 120_000,
     fds,
+    nodeFlags: profile,
   });
   let load: Child | undefined;
   try {
@@ -130,6 +158,7 @@ async function idleRun(strategy: Strategy): Promise<IdleRun> {
         `${strategy.key}: only ${idle.split(' ')[1]} of ${IDLE_SOCKETS} sockets open`,
       );
     }
+    await sleep(IDLE_SETTLE);
     load.send('shutdown');
     await load.line(/^shutdown-ack$/, 5_000);
     const { stopMs } = await shutdown(server, bound);
@@ -149,6 +178,117 @@ async function idleRun(strategy: Strategy): Promise<IdleRun> {
   }
 }
 
+const WORKERS = 2;
+
+interface ClusterRun extends DrainLoad {
+  /** reload: `reload complete in N ms`; stop: the primary's `shutdown complete in N ms`. */
+  durationMs: number | undefined;
+  /** Workers the reload replaced (reload runs). */
+  replaced: number | undefined;
+  /** The primary's exit code after SIGTERM (with the load gone, for reload runs). */
+  exitCode: number;
+}
+
+/** True when `pid` is still a process running berth's CLI (so a reused pid is never killed). */
+function isBerthProcess(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(CLI);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * `berth serve drain-app.mjs --workers 2` under the drain load. `reload`: SIGHUP 500 ms in,
+ * clients go on until the reload is complete and 500 ms more, then stop; then SIGTERM, which must
+ * exit 0. `stop`: SIGTERM 500 ms in, clients go on until refused or `after` ms, as for every
+ * other strategy.
+ */
+async function clusterRun(kind: 'reload' | 'stop', after: number): Promise<ClusterRun> {
+  const bound = after + DEADLINE + 40_000;
+  const primary = spawnNode(
+    'berth cluster',
+    [
+      CLI,
+      'serve',
+      join(BENCH_DIR, 'fixtures', 'drain-app.mjs'),
+      '--workers',
+      String(WORKERS),
+      '--host',
+      '127.0.0.1',
+      '--port',
+      '0',
+      '--diag-port',
+      '0',
+    ],
+    { timeout: bound + 30_000 },
+  );
+  // Workers are the primary's children, not ours: note each one's pid from its log lines, so any
+  // that outlives the primary is ended by pid too.
+  const workerPids = new Set<number>();
+  primary.onLine(/"worker":\d+/, (line) => {
+    const pid = /"pid":(\d+)/.exec(line)?.[1];
+    if (pid) workerPids.add(Number(pid));
+  });
+  let load: Child | undefined;
+  try {
+    const ready = await primary.line(/"msg":"workers ready: /, 30_000);
+    const port = Number(/http 127\.0\.0\.1:(\d+)/.exec(ready)?.[1]);
+    if (!port) throw new Error(`berth cluster: no port in ${ready}`);
+    load = spawnScript(
+      'http drain load',
+      join(BENCH_DIR, 'load', 'http-drain-load.ts'),
+      [
+        '--port',
+        String(port),
+        '--clients',
+        String(CLIENTS),
+        '--after',
+        String(kind === 'reload' ? bound : after),
+      ],
+      { timeout: bound + 30_000 },
+    );
+    await load.line(/^running$/, 15_000);
+    await sleep(TRIGGER_AT);
+    load.send('shutdown');
+    await load.line(/^shutdown-ack$/, 5_000);
+    let durationMs: number | undefined;
+    let replaced: number | undefined;
+    let exitCode: number;
+    if (kind === 'reload') {
+      process.kill(primary.proc.pid!, 'SIGHUP');
+      const done = await primary.line(/"msg":"reload (complete|stopped)/, 60_000);
+      if (!done.includes('reload complete')) throw new Error(`berth cluster: ${done}`);
+      const line = JSON.parse(done) as { durationMs: number; replaced: number };
+      durationMs = line.durationMs;
+      replaced = line.replaced;
+      await sleep(500); // the new workers serve the load for a while
+      load.send('stop');
+      const result = await resultOf<DrainLoad>(load, 15_000);
+      exitCode = await primary.stop('SIGTERM', DEADLINE + 5_000);
+      return { ...result, durationMs, replaced, exitCode };
+    }
+    process.kill(primary.proc.pid!, 'SIGTERM');
+    const result = await resultOf<DrainLoad>(load, bound);
+    exitCode = await Promise.race([primary.exited, sleep(DEADLINE + 5_000).then(() => -1)]);
+    const complete = await primary.line(/"msg":"shutdown complete in /, 1_000).catch(() => '');
+    durationMs = complete ? (JSON.parse(complete) as { durationMs: number }).durationMs : undefined;
+    return { ...result, durationMs, replaced, exitCode };
+  } finally {
+    await load?.stop();
+    await primary.stop();
+    for (const pid of workerPids) {
+      if (isBerthProcess(pid)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // Gone meanwhile.
+        }
+      }
+    }
+  }
+}
+
 function stopCell(runs: readonly { stopMs: number | undefined }[], limitMs?: number): string {
   const stops = runs.map((r) => r.stopMs).filter((ms): ms is number => ms !== undefined);
   const never = runs.length - stops.length;
@@ -160,7 +300,7 @@ function stopCell(runs: readonly { stopMs: number | undefined }[], limitMs?: num
   return cell;
 }
 
-function codesCell(runs: readonly DrainRun[]): string {
+function codesCell(runs: readonly DrainLoad[]): string {
   const total: Record<string, number> = {};
   for (const r of runs)
     for (const [code, n] of Object.entries(r.failedCodes)) total[code] = (total[code] ?? 0) + n;
@@ -170,7 +310,8 @@ function codesCell(runs: readonly DrainRun[]): string {
 
 export const drainSuite: Suite = {
   name: 'drain',
-  title: 'shutdown under load: berth vs Node core, http-terminator, stoppable, terminus',
+  title:
+    'shutdown under load: berth vs Node core, http-terminator, stoppable, terminus; cluster reload',
   target:
     'berth loses 0 written requests in every run; time to stop with 5,000 idle keep-alive sockets < 100 ms',
   pending: async () => undefined,
@@ -180,13 +321,7 @@ export const drainSuite: Suite = {
     // How long clients keep going after SIGTERM if the server keeps answering them.
     const after = ctx.quick ? 2_000 : 5_000;
     const notes: string[] = [];
-    const berthPending = await pendingUnless('HttpService');
-    const strategies = STRATEGIES.filter((s) => !(s.berth && berthPending));
-    if (berthPending) {
-      notes.push(
-        `berth row ${berthPending}: its fixture (bench/fixtures/drain-berth.ts) is written against the announced API and joins the run as soon as \`HttpService\` is exported.`,
-      );
-    }
+    const strategies = STRATEGIES;
 
     const drain = new Map<string, DrainRun[]>(strategies.map((s) => [s.key, []]));
     for (let round = 0; round < runs; round++) {
@@ -205,10 +340,24 @@ export const drainSuite: Suite = {
     for (let round = 0; round < idleRuns; round++) {
       const order = strategies.map((_, i) => strategies[(i + round) % strategies.length]!);
       for (const s of order) {
-        const r = await idleRun(s);
+        const r = await idleRun(s, ctx.profileDir);
         idle.get(s.key)!.push(r);
         ctx.log(
           `idle run ${round + 1}/${idleRuns} ${s.key}: stop ${r.stopMs === undefined ? 'never' : `${fmt(r.stopMs, 1)} ms`}, last socket closed ${fmt(r.lastCloseMs, 1)} ms (client view), ${r.closedAfterShutdown}/${r.opened} closed`,
+        );
+      }
+    }
+
+    // The cluster: berth's CLI from dist/ with two workers, under the same load.
+    await ensureBuilt(ctx.log);
+    const cluster: Record<'reload' | 'stop', ClusterRun[]> = { reload: [], stop: [] };
+    for (let round = 0; round < runs; round++) {
+      const kinds = round % 2 === 0 ? (['reload', 'stop'] as const) : (['stop', 'reload'] as const);
+      for (const kind of kinds) {
+        const r = await clusterRun(kind, after);
+        cluster[kind].push(r);
+        ctx.log(
+          `cluster ${kind} run ${round + 1}/${runs}: ${r.failedAfterWrite} failed after write (${r.clientsFailed} clients), ${r.refused} refused, ${kind === 'reload' ? `reload ${fmt(r.durationMs ?? Number.NaN)} ms (${r.replaced} replaced)` : `shutdown ${fmt(r.durationMs ?? Number.NaN)} ms`}, exit ${r.exitCode}, ok before/after ${r.okBefore}/${r.okAfter}`,
         );
       }
     }
@@ -261,6 +410,49 @@ export const drainSuite: Suite = {
       );
     }
 
+    const clusterRows = (['reload', 'stop'] as const).map((kind) => {
+      const rs = cluster[kind];
+      const failed = rs.map((r) => r.failedAfterWrite);
+      const durations = rs.map((r) => r.durationMs ?? Number.NaN);
+      const exits = rs.map((r) => r.exitCode);
+      const clean = exits.every((c) => c === 0);
+      const lost = failed.filter((n) => n > 0).length;
+      return [
+        kind === 'reload'
+          ? `SIGHUP: reload both workers under load, then SIGTERM`
+          : `SIGTERM: drain both workers under load`,
+        failed.join(', '),
+        fmt(median(rs.map((r) => r.refused))),
+        fmt(median(rs.map((r) => r.okAfter))),
+        `${fmt(median(durations))} (${fmtRange(durations)})`,
+        exits.join(', '),
+        codesCell(rs),
+        mark(
+          failed.every((n) => n === 0) && clean,
+          [
+            lost > 0 ? `${lost} of ${rs.length} runs lost requests` : '',
+            clean ? '' : 'an exit code was not 0',
+          ]
+            .filter(Boolean)
+            .join('; '),
+        ),
+      ];
+    });
+    const clusterTable: Table = {
+      title: `Cluster: \`berth serve drain-app.mjs --workers ${WORKERS}\` (built CLI from dist/, berth's defaults), the same ${CLIENTS} clients and 10 ms handler, signal ${TRIGGER_AT} ms in, ${runs} runs each`,
+      columns: [
+        'event',
+        'failed after write, per run',
+        'refused cleanly (median)',
+        'answered after the signal (median)',
+        'duration, ms: median (range)',
+        'primary exit code, per run',
+        'failures seen',
+        'target: 0 lost, exit 0',
+      ],
+      rows: clusterRows,
+    };
+
     const drainTable: Table = {
       title: `Under load: ${CLIENTS} closed-loop keep-alive clients, 10 ms handler, SIGTERM ${TRIGGER_AT} ms in, ${runs} runs per strategy`,
       columns: [
@@ -277,7 +469,7 @@ export const drainSuite: Suite = {
       rows: drainRows,
     };
     const idleTable: Table = {
-      title: `Time to stop with ${fmt(IDLE_SOCKETS)} idle keep-alive sockets open, ${idleRuns} runs per strategy`,
+      title: `Time to stop with ${fmt(IDLE_SOCKETS)} idle keep-alive sockets open (each idle ${fmt(IDLE_SETTLE / 1000)} s or more), ${idleRuns} runs per strategy`,
       columns: [
         'strategy',
         'time to stop, ms: median (range)',
@@ -287,8 +479,8 @@ export const drainSuite: Suite = {
       rows: idleRows,
     };
     return {
-      method: `Each strategy serves the same app (\`setTimeout(() => res.end('ok'), 10)\`, keepAliveTimeout 30 s) in its own process and gets SIGTERM; a strategy that takes a deadline gets ${fmt(DEADLINE)} ms. Load: node:http clients, one keep-alive \`Agent\` with one socket each; a request counts as *failed after write* when it failed (ECONNRESET, socket hang up, EPIPE) after its bytes were written to the socket ('finish'), and as *refused* when a new connection got ECONNREFUSED (clean, retryable). After SIGTERM clients continue until refused or for at most ${fmt(after)} ms. *Time to stop* runs from the signal's arrival in the server to its listener and last connection being closed, measured in the server process. Strategies run in rotating order.`,
-      tables: [drainTable, idleTable],
+      method: `Each strategy serves the same app (\`setTimeout(() => res.end('ok'), 10)\`, keepAliveTimeout 30 s) in its own process and gets SIGTERM; a strategy that takes a deadline gets ${fmt(DEADLINE)} ms. Load: node:http clients, one keep-alive \`Agent\` with one socket each; a request counts as *failed after write* when it failed (ECONNRESET, socket hang up, EPIPE) after its bytes were written to the socket ('finish'), and as *refused* when a new connection got ECONNREFUSED (clean, retryable). After SIGTERM clients continue until refused or for at most ${fmt(after)} ms. *Time to stop* runs from the signal's arrival in the server to its listener and last connection being closed, measured in the server process. In the idle test each socket gets one answer, then all ${fmt(IDLE_SOCKETS)} sit idle ${fmt(IDLE_SETTLE)} ms before the signal, longer than berth's 1 s idle grace (the keepAliveTimeout of 30 s keeps them open for every strategy). Strategies run in rotating order. The cluster rows run berth's built CLI, \`berth serve\` of the same application as a module (bench/fixtures/drain-app.mjs) with ${WORKERS} workers and berth's defaults throughout (keepAliveTimeout too), and read its own log: the port from \`workers ready\`, the reload's duration from \`reload complete in N ms\` (SIGHUP to every new worker ready and every old one drained), the drain's from \`shutdown complete in N ms\`.`,
+      tables: [drainTable, idleTable, clusterTable],
       notes,
     };
   },

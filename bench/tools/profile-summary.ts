@@ -2,8 +2,11 @@
  * Summarises V8 CPU profiles (`--cpu-prof`) side by side: self time per function, as a share of
  * the samples, for each profile given, so a berth fixture's profile can be read against its
  * baseline's. Usage:
- *   node --import tsx bench/tools/profile-summary.ts [--top N] [--filter TEXT] a.cpuprofile b.cpuprofile ...
+ *   node --import tsx bench/tools/profile-summary.ts [--top N] [--filter TEXT] [--from MS | --last MS] [--no-idle] a.cpuprofile b.cpuprofile ...
  * With --filter only functions whose name or file contains TEXT are listed (e.g. `src/`).
+ * With --from only samples taken MS ms or more after the profile began count (skip start-up and
+ * warm-up); with --last only those of its last MS ms (a drain at the end of a fixture's life);
+ * with --no-idle, `(idle)` samples are left out, so shares are of busy time.
  */
 
 import { readFileSync } from 'node:fs';
@@ -23,7 +26,13 @@ interface Profile {
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
-  options: { top: { type: 'string', default: '30' }, filter: { type: 'string' } },
+  options: {
+    top: { type: 'string', default: '30' },
+    filter: { type: 'string' },
+    from: { type: 'string', default: '0' },
+    last: { type: 'string' },
+    'no-idle': { type: 'boolean', default: false },
+  },
 });
 
 function key(node: ProfileNode): string {
@@ -40,12 +49,18 @@ function selfShares(file: string): { shares: Map<string, number>; totalMs: numbe
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const time = new Map<string, number>();
   let total = 0;
+  let elapsed = 0;
+  const length = profile.timeDeltas.reduce((sum, dt) => sum + dt, 0);
+  const from =
+    values.last === undefined ? Number(values.from) * 1000 : length - Number(values.last) * 1000;
   profile.samples.forEach((id, i) => {
     const dt = profile.timeDeltas[i] ?? 0;
+    elapsed += dt;
     const node = byId.get(id);
-    if (!node) return;
-    total += dt;
+    if (!node || elapsed < from) return;
     const k = key(node);
+    if (values['no-idle'] && k === '(idle)') return;
+    total += dt;
     time.set(k, (time.get(k) ?? 0) + dt);
   });
   const shares = new Map<string, number>();
