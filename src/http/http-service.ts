@@ -399,12 +399,18 @@ export class HttpService implements Service {
     server.on(httpConnectionEvent, (socket: Socket) => this.#onHttpSocket(socket));
     server.on('session', (session: http2.ServerHttp2Session) => this.#onSession(session));
     server.on('drop', () => this.#dropped++);
-    // Our listener must see each request before the application's, to count and mark it.
-    server.prependListener('request', (req: AnyRequest, res: AnyResponse) =>
-      this.#onRequest(req, res),
+    // Ours must see each request before the application's own listeners, to count and mark it;
+    // with a handler, one listener does both (a second listener costs every request).
+    const handler = this.#handler;
+    server.prependListener(
+      'request',
+      handler
+        ? (req: AnyRequest, res: AnyResponse) => {
+            this.#onRequest(req, res);
+            this.#runHandler(req, res);
+          }
+        : (req: AnyRequest, res: AnyResponse) => this.#onRequest(req, res),
     );
-    if (this.#handler)
-      server.on('request', (req: AnyRequest, res: AnyResponse) => this.#runHandler(req, res));
     // Track upgraded sockets, but only once something handles upgrades: with no 'upgrade'
     // listener Node treats an upgrade request as an ordinary request, and ours must not change that.
     const trackUpgrades = () => {
@@ -547,11 +553,16 @@ export class HttpService implements Service {
     }
     // 2. Every HTTP/1 connection's response not yet sent tells its client to leave after it;
     // 3. sockets with nothing in flight get the idle grace; HTTP/2 sessions get GOAWAY.
+    const now = performance.now();
+    const longIdle: TrackedSocket[] = [];
     for (const socket of this.#httpSockets) {
       const state = socket[kState]!;
       if (state.current) this.#markLast(state.current);
-      if (state.inflight === 0) this.#startIdleGrace(socket);
+      if (state.inflight > 0) continue;
+      if (now - state.idleSince >= this.#idleGrace) longIdle.push(socket);
+      else this.#startIdleGrace(socket);
     }
+    if (longIdle.length > 0) this.#closeLongIdle(longIdle);
     for (const session of this.#sessions) session.close();
     // 4. Upgraded connections are told, and must close themselves before the deadline.
     this.#closing.abort(new ServiceClosingError(`${this.name} is closing`));
@@ -668,7 +679,7 @@ export class HttpService implements Service {
     }
     if (this.#draining) this.#markLast(res);
     const started = performance.now();
-    res.once('close', () => {
+    res.on('close', () => {
       const ended = performance.now();
       this.#busy--;
       activity?.end();
@@ -687,13 +698,37 @@ export class HttpService implements Service {
         state.bytesAtIdle = socket.bytesRead;
         if (this.#draining && !socket.destroyed) this.#startIdleGrace(socket);
       }
-      this.#lifecycle.poke();
+      // Only a drain waits for the count to reach zero.
+      if (this.#draining) this.#lifecycle.poke();
     });
   }
 
   /** Makes this response the last on its HTTP/1 connection: `Connection: close`, then close. */
   #markLast(res: AnyResponse): void {
     if (!res.headersSent && 'shouldKeepAlive' in res) res.shouldKeepAlive = false;
+  }
+
+  /**
+   * Sockets idle for longer than the grace when the drain began: one pass closes them all after
+   * a whole event-loop turn (two immediates: the next poll phase reads whatever the kernel holds
+   * for them), leaving the grace to any that received bytes meanwhile.
+   */
+  #closeLongIdle(sockets: TrackedSocket[]): void {
+    setImmediate(() =>
+      setImmediate(() => {
+        for (const socket of sockets) {
+          const state = socket[kState]!;
+          if (state.inflight > 0 || socket.destroyed) continue;
+          if (socket.bytesRead !== state.bytesAtIdle) {
+            state.idleSince = performance.now();
+            state.bytesAtIdle = socket.bytesRead;
+            this.#startIdleGrace(socket);
+          } else {
+            socket.destroy();
+          }
+        }
+      }),
+    );
   }
 
   /**
