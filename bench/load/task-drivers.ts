@@ -38,14 +38,14 @@ export interface RtSession {
   close(): Promise<void>;
 }
 
-function sleep(ms: number): Promise<void> {
+export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function noop(): void {}
 
 /** Bounded wait: resolves with `fallback` after `ms`. */
-function within<T>(promise: Promise<T>, ms: number, fallback: T): Promise<T> {
+export function within<T>(promise: Promise<T>, ms: number, fallback: T): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const bound = new Promise<T>((resolve) => {
     timer = setTimeout(() => resolve(fallback), ms);
@@ -57,7 +57,7 @@ function within<T>(promise: Promise<T>, ms: number, fallback: T): Promise<T> {
  * Promise-style load: `inflight` loops per connection, each awaiting one call after another.
  * A failed call is counted and ends its loop (a broken connection must not spin).
  */
-function promiseLoops(
+export function promiseLoops(
   calls: (() => Promise<unknown>)[],
   inflight: number,
   close: () => Promise<void>,

@@ -18,6 +18,7 @@
 
 import { createInterface } from 'node:readline';
 import { arg } from '../fixtures/control.js';
+import { openVariantRt } from './task-client-variants.js';
 import {
   type Impl,
   openBulk,
@@ -28,6 +29,7 @@ import {
   type RtSession,
 } from './task-drivers.js';
 
+// A suite protocol, or one of bench/load/task-client-variants.ts's client variants.
 const impl = arg('impl', 'berth') as Impl;
 
 interface RtCommand {
@@ -81,7 +83,9 @@ async function waitFor(ms: number, count: () => number, atLeast: number, extra: 
 }
 
 async function rt(cmd: RtCommand): Promise<object> {
-  const session: RtSession = await openRt(impl, cmd.port, cmd.connections, cmd.inflight);
+  const session: RtSession =
+    (await openVariantRt(impl, cmd.port, cmd.connections, cmd.inflight)) ??
+    (await openRt(impl, cmd.port, cmd.connections, cmd.inflight));
   const total = cmd.connections * cmd.inflight;
   let phase: 'warmup' | 'measure' | 'done' = 'warmup';
   let warm = 0;

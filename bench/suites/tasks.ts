@@ -28,6 +28,7 @@ import {
   type Table,
 } from '../lib/suite.js';
 import { CommandChild, LineQueue } from '../lib/task-lines.js';
+import { memoryPerConnection } from '../lib/task-memory.js';
 import { type Impl, UNDICI_MAX_CONNECTIONS, undiciConnections } from '../load/task-drivers.js';
 
 const IMPLS: Record<Impl, { label: string; fixture: string }> = {
@@ -109,13 +110,6 @@ interface CancelResult {
   errors: number;
 }
 
-interface Memory {
-  rss: number;
-  heapUsed: number;
-  external: number;
-}
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 /** Bound on one child's whole life: the suite ends every child itself long before. */
 const LIFE = 15 * 60_000;
 
@@ -169,41 +163,6 @@ async function rtTrial(
 /** Rotates `items` by `by`, so every item takes every place over the rounds. */
 function rotate<T>(items: readonly T[], by: number): T[] {
   return items.map((_, i) => items[(i + by) % items.length]!);
-}
-
-async function memoryTrial(impl: Impl, load: CommandChild): Promise<Memory & { base: Memory }> {
-  const { child: server, port } = await startServer(
-    `${IMPLS[impl].label} (memory)`,
-    fixture(impl),
-    [],
-    { timeout: 120_000, nodeFlags: ['--expose-gc'], fds: IDLE_CONNECTIONS + 1_024 },
-  );
-  try {
-    const mem = new LineQueue(server, /^mem /);
-    const clients = new LineQueue(server, /^clients \d+$/);
-    const sample = async (): Promise<Memory> => {
-      server.send('mem');
-      const m = JSON.parse((await mem.next(5_000)).slice(4)) as Memory;
-      return { rss: m.rss, heapUsed: m.heapUsed, external: m.external };
-    };
-    await sleep(300);
-    const base = await sample();
-    await load.request({ op: 'idle', port, connections: IDLE_CONNECTIONS }, 60_000);
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      server.send('clients');
-      const n = Number((await clients.next(5_000)).split(' ')[1]);
-      if (n >= IDLE_CONNECTIONS) break;
-      if (Date.now() > deadline) throw new Error(`${impl}: the server has only ${n} clients`);
-      await sleep(50);
-    }
-    await sleep(300); // let the connections' first timers and reads settle
-    const after = await sample();
-    await load.request({ op: 'release' }, 20_000);
-    return { ...after, base };
-  } finally {
-    await server.close();
-  }
 }
 
 const us = (v: number) => fmt(v, v < 10 ? 2 : 1);
@@ -330,14 +289,16 @@ export const tasksSuite: Suite = {
       const memory = new Map<Impl, { rss: number; heap: number }[]>(memImpls.map((i) => [i, []]));
       for (let round = 0; round < memoryRounds; round++) {
         for (const impl of rotate(memImpls, round)) {
-          const m = await memoryTrial(impl, sides[impl].load);
-          const perConn = {
-            rss: (m.rss - m.base.rss) / IDLE_CONNECTIONS,
-            heap: (m.heapUsed + m.external - m.base.heapUsed - m.base.external) / IDLE_CONNECTIONS,
-          };
-          memory.get(impl)!.push(perConn);
+          const m = await memoryPerConnection(
+            `${IMPLS[impl].label} (memory)`,
+            fixture(impl),
+            [],
+            sides[impl].load,
+            IDLE_CONNECTIONS,
+          );
+          memory.get(impl)!.push(m);
           ctx.log(
-            `memory round ${round + 1}/${memoryRounds} ${IMPLS[impl].label}: ${kib(perConn.rss)} KiB RSS, ${kib(perConn.heap)} KiB JS heap + external per connection (RSS ${fmt(m.base.rss / 2 ** 20, 1)} → ${fmt(m.rss / 2 ** 20, 1)} MiB)`,
+            `memory round ${round + 1}/${memoryRounds} ${IMPLS[impl].label}: ${kib(m.rss)} KiB RSS, ${kib(m.heap)} KiB JS heap + external per connection (RSS ${fmt(m.base.rss / 2 ** 20, 1)} → ${fmt(m.after.rss / 2 ** 20, 1)} MiB)`,
           );
         }
       }
