@@ -33,13 +33,13 @@ const ECHO = 1;
 
 function noop(): void {}
 
-interface CodecConnection {
+export interface CodecConnection {
   socket: Socket;
   decoder: FrameDecoder;
   encoder: FrameEncoder;
 }
 
-async function codecConnect(port: number): Promise<CodecConnection> {
+export async function codecConnect(port: number): Promise<CodecConnection> {
   const socket = netConnect({ port, host: HOST, noDelay: true });
   socket.on('error', noop);
   await once(socket, 'connect');
@@ -131,7 +131,7 @@ function codecSession(conns: CodecConnection[], inflight: number): RtSession {
 }
 
 /** A promise per call over the same wire work: ids from a free list, flushed on the next tick. */
-function promiseCaller(c: CodecConnection): () => Promise<Buffer> {
+export function promiseCaller(c: CodecConnection): () => Promise<Buffer> {
   const pending: (((value: Buffer) => void) | undefined)[] = [];
   const free: number[] = [];
   let scheduled = false;

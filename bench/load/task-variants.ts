@@ -13,7 +13,8 @@
  * and `src:.bench-tmp/src-x@codec` for a patched copy of src/ in .bench-tmp/src-x.
  * `--build` first compiles berth with tsc into .bench-tmp/dist (for the `berth-dist` variants).
  * `--bulk BYTES` measures one streamed response of BYTES instead (the suite's bulk trial; units
- * are MiB, and `--window` sets berth's client window); pairs are then `berth@berth` or `raw@raw`.
+ * are MiB, and `--window` sets berth's client window, or `berth~<bytes>` a client's own); pairs
+ * are then `berth@berth`, `berth@berth~4194304` or `raw@raw`.
  * `--idle N` measures server memory per idle connection at N connections instead (the suite's
  * memory trial, a fresh server each time); clients are then `berth` or `raw`.
  * `--syscalls` counts each side's read and write system calls in the window with `perf stat`
@@ -54,6 +55,8 @@ const { values, positionals } = parseArgs({
 });
 
 installExitHandlers();
+/** The unit of work: a round trip, or a MiB of a bulk transfer. */
+const U = values.bulk === undefined ? 'rt' : 'MiB';
 const pairs = positionals.map((p) => {
   const [server = '', client = ''] = p.split('@');
   if (!server || !client) throw new Error(`pairs are server@client, got ${p}`);
@@ -102,7 +105,7 @@ for (const name of new Set(pairs.map((p) => p.client))) {
   const child = spawnScript(
     `client ${name}`,
     join(BENCH_DIR, 'load', 'task-load.ts'),
-    ['--impl', name],
+    ['--impl', name.split('~')[0]!],
     { timeout: LIFE, fds: 4_096 },
   );
   const entry = {
@@ -196,7 +199,11 @@ async function trial(pair: (typeof pairs)[number]): Promise<Trial> {
           bulkPort: server.bulkPort,
           bytes: bulk,
           warmupBytes: Math.ceil(bulk / 8),
-          window: values.window === undefined ? undefined : Number(values.window),
+          window: pair.client.includes('~')
+            ? Number(pair.client.split('~')[1])
+            : values.window === undefined
+              ? undefined
+              : Number(values.window),
         };
   const answer = await client.load.request<{
     ops?: number;
@@ -272,15 +279,17 @@ try {
       results.get(pair.name)!.push(t);
       const b = t.batch;
       console.log(
-        `round ${round + 1}/${rounds} ${pair.name}: ${fmt(t.rate)} rt/s, server ${fmt(t.server, 3)} µs/rt, client ${fmt(t.client, 3)} µs/rt${b ? `, rt per write/read: server ${fmt(b.serverWrite, 1)}/${fmt(b.serverRead, 1)}, client ${fmt(b.clientWrite, 1)}/${fmt(b.clientRead, 1)}` : ''}`,
+        `round ${round + 1}/${rounds} ${pair.name}: ${fmt(t.rate)} ${U}/s, server ${fmt(t.server, 3)} µs/${U}, client ${fmt(t.client, 3)} µs/${U}${b ? `, ${U} per write/read: server ${fmt(b.serverWrite, 1)}/${fmt(b.serverRead, 1)}, client ${fmt(b.clientWrite, 1)}/${fmt(b.clientRead, 1)}` : ''}`,
       );
     }
   }
   console.log(
     `\n${w.connections} connection(s) × ${w.inflight} in flight, medians of ${rounds} rounds\n`,
   );
-  const batches = values.syscalls ? ' rt per server write | rt per client write |' : '';
-  console.log(`| server@client | rt/s | server µs/rt | client µs/rt | both µs/rt |${batches}`);
+  const batches = values.syscalls ? ` ${U} per server write | ${U} per client write |` : '';
+  console.log(
+    `| server@client | ${U}/s | server µs/${U} | client µs/${U} | both µs/${U} |${batches}`,
+  );
   console.log(`|---|---|---|---|---|${values.syscalls ? '---|---|' : ''}`);
   for (const pair of pairs) {
     const ts = results.get(pair.name)!;

@@ -66,8 +66,6 @@ const IDLE_CONNECTIONS = 1_000;
 const MEMORY_TARGET = 2;
 /** The cancel probe's load: the 8 × 64 round-trip workload, the probe on a ninth connection. */
 const CANCEL_LOAD: Workload = { connections: 8, inflight: 64 };
-/** berth bulk with a larger per-task window than the client's default 256 KiB, for the analysis. */
-const BIG_WINDOW = 4 * 2 ** 20;
 
 interface Side {
   impl: Impl;
@@ -177,8 +175,10 @@ export const tasksSuite: Suite = {
   async run(ctx: SuiteContext): Promise<SuiteReport> {
     const quick = ctx.quick;
     const rounds = ctx.rounds ?? (quick ? 2 : 5);
-    const timing = quick ? { warmup: 150, duration: 400 } : { warmup: 300, duration: 1_000 };
-    const bulkRounds = ctx.rounds ?? (quick ? 2 : 5);
+    // 5 rounds of 0.8 s: more, shorter rounds beat fewer, longer ones on a shared VM, where a
+    // whole round can land in a slow scheduling regime (see bench/notes/tasks.md).
+    const timing = quick ? { warmup: 150, duration: 400 } : { warmup: 250, duration: 800 };
+    const bulkRounds = ctx.rounds ?? (quick ? 2 : 7);
     const cancelRounds = quick ? 1 : 2;
     const probes = quick ? { idle: 50, load: 100 } : { idle: 150, load: 300 };
     const memoryRounds = quick ? 1 : 3;
@@ -225,19 +225,15 @@ export const tasksSuite: Suite = {
       }
 
       // --- bulk --------------------------------------------------------------------------
+      // Other windows are compared in the notes (bench/load/task-variants.ts --bulk).
       const bulkVariants = [
-        { key: 'berth', impl: 'berth' as Impl, label: 'berth, default window (256 KiB)' },
-        {
-          key: 'berth-big',
-          impl: 'berth' as Impl,
-          label: `berth, window ${fmt(BIG_WINDOW / 2 ** 20)} MiB`,
-          window: BIG_WINDOW,
-        },
+        { key: 'berth', impl: 'berth' as Impl, label: 'berth `client.stream()`, default window' },
         { key: 'raw', impl: 'raw' as Impl, label: 'raw TCP' },
       ];
-      const bulk = new Map<string, { mibPerSec: number; serverUsPerMiB: number }[]>(
-        bulkVariants.map((v) => [v.key, []]),
-      );
+      const bulk = new Map<
+        string,
+        { mibPerSec: number; serverUsPerMiB: number; clientUsPerMiB: number }[]
+      >(bulkVariants.map((v) => [v.key, []]));
       for (let round = 0; round < bulkRounds; round++) {
         for (const v of rotate(bulkVariants, round)) {
           const side = sides[v.impl];
@@ -249,15 +245,19 @@ export const tasksSuite: Suite = {
               bulkPort: side.bulkPort,
               bytes: BULK_BYTES,
               warmupBytes: BULK_BYTES / 8,
-              window: v.window,
             },
             60_000,
           );
           const serverUs = await windowCpu(side);
-          const trial = { mibPerSec: r.mibPerSec, serverUsPerMiB: serverUs / (r.bytes / 2 ** 20) };
+          const mib = r.bytes / 2 ** 20;
+          const trial = {
+            mibPerSec: r.mibPerSec,
+            serverUsPerMiB: serverUs / mib,
+            clientUsPerMiB: r.loadCpuUs / mib,
+          };
           bulk.get(v.key)!.push(trial);
           ctx.log(
-            `bulk round ${round + 1}/${bulkRounds} ${v.label}: ${fmt(trial.mibPerSec)} MiB/s, server ${fmt(trial.serverUsPerMiB)} µs/MiB`,
+            `bulk round ${round + 1}/${bulkRounds} ${v.label}: ${fmt(trial.mibPerSec)} MiB/s, server ${fmt(trial.serverUsPerMiB)} µs/MiB, client ${fmt(trial.clientUsPerMiB)} µs/MiB`,
           );
         }
       }
@@ -353,7 +353,7 @@ export const tasksSuite: Suite = {
           v.label,
           fmt(median(rates)),
           fmtRange(rates),
-          fmt(median(b.map((x) => x.serverUsPerMiB))),
+          `${fmt(median(b.map((x) => x.serverUsPerMiB)))} / ${fmt(median(b.map((x) => x.clientUsPerMiB)))}`,
           v.impl === 'raw' ? '1' : fmt(median(ratios), 2),
           v.impl === 'raw' ? '' : fmtRange(ratios, 2),
           v.key === 'berth' ? ratioVerdict(ratios, BULK_TARGET) : '',
@@ -372,6 +372,7 @@ export const tasksSuite: Suite = {
             fmt(lat.length),
             fmt(percentile(lat, 50), 3),
             fmt(p99, 3),
+            rs.map((r) => fmt(percentile(r.latencies, 99), 2)).join(', '),
             fmt(Math.max(...lat), 3),
             loaded ? fmt(median(rs.map((r) => r.loadOpsPerSec))) : '',
             lost > 0 ? `${lost} lost` : '',
@@ -445,7 +446,7 @@ export const tasksSuite: Suite = {
             'server',
             'MiB/s (median)',
             'range',
-            'server µs/MiB',
+            'CPU µs/MiB: server / client',
             '× raw',
             'per round',
             `target ≥ ${BULK_TARGET}`,
@@ -459,6 +460,7 @@ export const tasksSuite: Suite = {
             'probes',
             'p50',
             'p99',
+            'p99 per round',
             'max',
             'load rt/s meanwhile',
             '',
@@ -477,7 +479,7 @@ export const tasksSuite: Suite = {
         method: [
           `Round trips: each protocol's server runs in its own process, and its client in one long-lived load process per protocol; a trial opens fresh connections, runs ${fmt(timing.warmup)} ms of warm-up (twice that where undici opens 256 sockets or more) and ${fmt(timing.duration)} ms measured, then closes them. *In flight* is per connection: on 8 connections × 64 there are 512 calls outstanding. berth: \`TaskClient.call(1, payload)\` (echo by code) against \`createDemoTaskServer()\` with metrics on; grpc-js: one channel (\`Client\`) per connection, each with its own subchannel pool, unary \`makeUnaryRequest\` on a hand-written bytes-in/bytes-out service (no protobuf); undici: one \`Pool\` (pipelining 1, as many sockets as calls in flight up to ${fmt(UNDICI_MAX_CONNECTIONS)}; the rest wait in undici's queue) POSTing to a \`node:http\` echo; raw TCP: 4-byte length + payload, N requests outstanding per socket, the server echoing every complete frame of a read in one write. Protocols run in rotating order within each of ${rounds} rounds, after an unmeasured warm-up of every side.`,
           `Bulk: \`client.stream(bytes, '268435456')\` from the demo task (64 KiB pieces) read with 'data' events, vs a \`net\` server writing 256 MiB in 64 KiB writes to a socket read the same way; a ${fmt(BULK_BYTES / 8 / 2 ** 20)} MiB transfer first, unmeasured.`,
-          `Cancel: the client starts a task whose run step answers one chunk and waits on its signal, aborts the call's \`signal\` once that chunk is in, then asks when the signal fired. Both sides read the same system-wide monotonic clock (\`process.hrtime\`, CLOCK_MONOTONIC), so the figure is abort → \`signal\` 'abort' exactly, across processes. Under load, the ${wname(CANCEL_LOAD)} echo workload runs against the same server meanwhile. Server memory: a fresh server (\`--expose-gc\`) measured before and after ${fmt(IDLE_CONNECTIONS)} handshaken idle \`TaskClient\`s (raw: sockets that have each echoed one frame).`,
+          `Cancel: the client starts a task whose run step answers one chunk and waits on its signal, aborts the call's \`signal\` once that chunk is in, then asks when the signal fired. Both sides read the same system-wide monotonic clock (\`process.hrtime\`, CLOCK_MONOTONIC), so the figure is abort → \`signal\` 'abort' exactly, across processes. Under load, the ${wname(CANCEL_LOAD)} echo workload runs against the same server meanwhile. Server memory: a fresh server (\`--expose-gc\`) takes ${fmt(IDLE_CONNECTIONS)} connections and lets them go (so one-time costs are paid), then is measured after a full GC before and after ${fmt(IDLE_CONNECTIONS)} handshaken idle \`TaskClient\`s (raw: sockets that have each echoed one frame).`,
         ].join('\n\n'),
         tables,
         notes,
