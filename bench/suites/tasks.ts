@@ -170,7 +170,7 @@ export const tasksSuite: Suite = {
   name: 'tasks',
   title: 'task protocol vs gRPC, HTTP/1.1 and raw framed TCP',
   target:
-    'at 64 in flight, round trips/s ≥ 3× grpc-js, ≥ 2× undici, ≥ 0.5× raw framed TCP; 256 MiB streamed response ≥ 0.8× raw TCP throughput; cancel p99 < 5 ms under load; memory per idle connection at 1,000 connections ≤ 2× raw `net`',
+    'at 64 in flight, round trips/s ≥ 3× grpc-js, ≥ 2× undici, ≥ 0.5× raw framed TCP; 256 MiB streamed response ≥ 0.8× raw TCP throughput; cancel p99 < 5 ms under load; server memory (JS heap + external) per idle connection at 1,000 connections ≤ 2× raw `net`',
   pending: () => pendingUnless('TaskServer', 'TaskClient'),
   async run(ctx: SuiteContext): Promise<SuiteReport> {
     const quick = ctx.quick;
@@ -185,6 +185,7 @@ export const tasksSuite: Suite = {
     const notes: string[] = [];
 
     const sides = {} as Record<Impl, Side>;
+    let t0 = performance.now();
     try {
       for (const impl of RT_IMPLS) sides[impl] = await startSide(impl);
 
@@ -206,6 +207,9 @@ export const tasksSuite: Suite = {
         sides[impl].cpu.clear();
       }
 
+      ctx.log(`start and warm-up took ${fmt((performance.now() - t0) / 1000)} s`);
+      t0 = performance.now();
+
       // --- round trips ------------------------------------------------------------------
       const rt = new Map<string, Record<Impl, RtTrial[]>>();
       for (const w of WORKLOADS) rt.set(wname(w), { berth: [], grpc: [], undici: [], raw: [] });
@@ -223,6 +227,9 @@ export const tasksSuite: Suite = {
           }
         }
       }
+
+      ctx.log(`round trips took ${fmt((performance.now() - t0) / 1000)} s`);
+      t0 = performance.now();
 
       // --- bulk --------------------------------------------------------------------------
       // Other windows are compared in the notes (bench/load/task-variants.ts --bulk).
@@ -262,6 +269,9 @@ export const tasksSuite: Suite = {
         }
       }
 
+      ctx.log(`bulk took ${fmt((performance.now() - t0) / 1000)} s`);
+      t0 = performance.now();
+
       // --- cancel latency ----------------------------------------------------------------
       const cancelImpls: Impl[] = ['berth', 'grpc'];
       const cancel = new Map<string, CancelResult[]>();
@@ -272,7 +282,13 @@ export const tasksSuite: Suite = {
             const key = `${impl}:${loaded ? 'load' : 'idle'}`;
             const n = Math.ceil((loaded ? probes.load : probes.idle) / cancelRounds);
             const r = await side.load.request<CancelResult>(
-              { op: 'cancel', port: side.port, probes: n, load: loaded ? CANCEL_LOAD : null },
+              {
+                op: 'cancel',
+                port: side.port,
+                probes: n,
+                budget: quick ? 2_000 : 4_000,
+                load: loaded ? CANCEL_LOAD : null,
+              },
               120_000,
             );
             if (!cancel.has(key)) cancel.set(key, []);
@@ -283,6 +299,9 @@ export const tasksSuite: Suite = {
           }
         }
       }
+
+      ctx.log(`cancel took ${fmt((performance.now() - t0) / 1000)} s`);
+      t0 = performance.now();
 
       // --- memory per idle connection ----------------------------------------------------
       const memImpls: Impl[] = ['berth', 'raw'];
@@ -302,6 +321,8 @@ export const tasksSuite: Suite = {
           );
         }
       }
+
+      ctx.log(`memory took ${fmt((performance.now() - t0) / 1000)} s`);
 
       // --- tables ------------------------------------------------------------------------
       const rtRows: string[][] = [];
@@ -390,21 +411,36 @@ export const tasksSuite: Suite = {
       const mr = memory.get('raw')!;
       const rssRatios = mb.map((b, i) => b.rss / mr[i]!.rss);
       const heapRatios = mb.map((b, i) => b.heap / mr[i]!.heap);
+      // The verdict is on JS heap + external: exact to about 1% run to run, where RSS moves by
+      // whole heap pages (±30% per connection, see the notes). It is also the stricter measure:
+      // the native half of a socket, the same on both sides, is in RSS only.
+      const heapOk = median(heapRatios) <= MEMORY_TARGET;
       const memRows = [
-        ['berth TaskServer', kib(median(mb.map((m) => m.rss))), kib(median(mb.map((m) => m.heap)))],
-        ['raw `net`', kib(median(mr.map((m) => m.rss))), kib(median(mr.map((m) => m.heap)))],
+        [
+          'berth TaskServer',
+          kib(median(mb.map((m) => m.heap))),
+          `${kib(median(mb.map((m) => m.rss)))} (${fmtRange(
+            mb.map((m) => m.rss / 1024),
+            1,
+          )})`,
+          '',
+        ],
+        [
+          'raw `net`',
+          kib(median(mr.map((m) => m.heap))),
+          `${kib(median(mr.map((m) => m.rss)))} (${fmtRange(
+            mr.map((m) => m.rss / 1024),
+            1,
+          )})`,
+          '',
+        ],
         [
           'ratio berth / net',
-          `${fmt(median(rssRatios), 2)} (${fmtRange(rssRatios, 2)})`,
           `${fmt(median(heapRatios), 2)} (${fmtRange(heapRatios, 2)})`,
+          `${fmt(median(rssRatios), 2)} (${fmtRange(rssRatios, 2)})`,
+          mark(heapOk, `${fmt(median(heapRatios), 2)}×`),
         ],
       ];
-      const rssOk = median(rssRatios) <= MEMORY_TARGET;
-      memRows[2]!.push(
-        mark(rssOk, `${fmt(median(rssRatios), 2)}× RSS, ${fmt(median(heapRatios), 2)}× heap`),
-      );
-      memRows[0]!.push('');
-      memRows[1]!.push('');
 
       const tables: Table[] = [
         {
@@ -470,7 +506,12 @@ export const tasksSuite: Suite = {
         },
         {
           title: `Server memory per idle connection at ${fmt(IDLE_CONNECTIONS)} connections (KiB, after a full GC), median of ${memoryRounds} rounds`,
-          columns: ['server', 'RSS', 'JS heap + external', `target ≤ ${MEMORY_TARGET}× (RSS)`],
+          columns: [
+            'server',
+            'JS heap + external',
+            'RSS (range)',
+            `target ≤ ${MEMORY_TARGET}× (heap + external)`,
+          ],
           rows: memRows,
         },
       ];
