@@ -12,7 +12,7 @@ import type { Duplex } from 'node:stream';
 import type { Registry } from 'prom-client';
 import {
   InvalidOptionError,
-  ServiceClosingError,
+  ServiceDestroyedError,
   ServiceFailedError,
   ShutdownTimeoutError,
 } from '../errors.js';
@@ -37,7 +37,7 @@ import {
 } from '../options.js';
 import type { ActivitySink, CloseOptions, Service, ServiceState } from '../service.js';
 import { type ConnectionContext, TcpService } from '../tcp/tcp-service.js';
-import { noop } from '../util.js';
+import { noop, turnNow } from '../util.js';
 import {
   ErrorCode,
   FIRST_RESERVED_TASK_CODE,
@@ -423,8 +423,7 @@ export class TaskServer implements Service {
   #serve(socket: Duplex, ctx: ConnectionContext): Promise<void> {
     const conn = new TaskConnection(this.#core, socket, ctx.id);
     this.#connections.add(conn);
-    const signal = ctx.signal;
-    if (signal.aborted) {
+    if (this.#closing || this.#tcp.state === 'closed') {
       conn.refuse(ErrorCode.SHUTTING_DOWN, 'server shutting down');
       return conn.done;
     }
@@ -435,16 +434,9 @@ export class TaskServer implements Service {
       );
       return conn.done;
     }
-    const listener = addAbortListener(signal, () => {
-      if (signal.reason instanceof ServiceClosingError) {
-        conn.drain(this.#closeTimeout, ErrorCode.SHUTTING_DOWN, 'server shutting down', (n) => {
-          this.#cut += n;
-        });
-      } else {
-        conn.destroy(signal.reason as Error);
-      }
-    });
-    return conn.done.finally(() => listener[Symbol.dispose]());
+    // close() and destroy() reach each connection by walking #connections: no abort listener
+    // (and no AbortController) per connection, which the tasks benchmark measured at 1.7 KB each.
+    return conn.done;
   }
 
   #closedConnection(conn: TaskConnection): void {
@@ -454,7 +446,8 @@ export class TaskServer implements Service {
   }
 
   #observe(code: number, startedAt: number): void {
-    if (this.#timed) this.#counters.observe(code, (performance.now() - startedAt) / 1_000);
+    // turnNow() may predate a start read later in the same turn: never a negative duration.
+    if (this.#timed) this.#counters.observe(code, Math.max(0, turnNow() - startedAt) / 1_000);
   }
 
   // --- the Service contract -------------------------------------------------------------------------
@@ -503,13 +496,6 @@ export class TaskServer implements Service {
     return this.#tcp.start();
   }
 
-  /**
-   * The graceful close: stop listening; send every client Goodbye (204); refuse new tasks with
-   * Error 204; let active tasks finish for up to `timeout` (default `shutdownTimeout`), then
-   * cancel those left and answer each with Error 204; give the last frames a moment to flush
-   * and close. Resolves when every task finished by itself; rejects with
-   * `ERR_BERTH_SHUTDOWN_TIMEOUT` when the deadline cut tasks. Idempotent.
-   */
   /** Stops accepting clients (the listening socket closes); `close()` does the rest. */
   stopAccepting(): void {
     this.#tcp.stopAccepting();
@@ -523,12 +509,24 @@ export class TaskServer implements Service {
     this.#core.activity = sink;
   }
 
+  /**
+   * The graceful close: stop listening; send every client Goodbye (204); refuse new tasks with
+   * Error 204; let active tasks finish for up to `timeout` (default `shutdownTimeout`), then
+   * cancel those left and answer each with Error 204; give the last frames a moment to flush
+   * and close. Resolves when every task finished by itself; rejects with
+   * `ERR_BERTH_SHUTDOWN_TIMEOUT` when the deadline cut tasks. Idempotent.
+   */
   close(options: CloseOptions = {}): Promise<void> {
     const timeout = optional(options.timeout, this.#shutdownTimeout, (v) =>
       validateDuration(v, 'timeout'),
     );
     if (!this.#closing) {
       this.#closeTimeout = timeout;
+      for (const conn of this.#connections) {
+        conn.drain(timeout, ErrorCode.SHUTTING_DOWN, 'server shutting down', (n) => {
+          this.#cut += n;
+        });
+      }
       const closing = this.#tcp
         .close({ timeout: Math.min(timeout + CLOSE_GRACE, 2 ** 31 - 1) })
         .then(() => this.#cutError());
@@ -540,6 +538,8 @@ export class TaskServer implements Service {
 
   /** The abrupt stop: every connection destroyed now, its tasks' signals aborted. Idempotent. */
   destroy(error?: Error): Promise<void> {
+    const reason = error ?? new ServiceDestroyedError(`${this.name} was destroyed`);
+    for (const conn of this.#connections) conn.destroy(reason);
     return this.#tcp.destroy(error);
   }
 
