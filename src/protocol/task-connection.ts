@@ -298,7 +298,6 @@ export class TaskConnection {
   #lastReadAt: number;
   #resumedAt = 0;
   #idleSince: number;
-  #watchdog: NodeJS.Timeout | undefined;
   #deadline: NodeJS.Timeout | undefined;
   #deadlineAt = Number.POSITIVE_INFINITY;
   #onCut: ((n: number) => void) | undefined;
@@ -330,10 +329,6 @@ export class TaskConnection {
     socket.on('end', () => this.#onEnd());
     socket.on('close', () => this.#onClose());
     (socket as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
-    if (core.tick > 0) {
-      this.#watchdog = setInterval(() => this.#check(), core.tick);
-      this.#watchdog.unref();
-    }
   }
 
   // --- the seed's per-client view ---------------------------------------------------------------
@@ -784,7 +779,6 @@ export class TaskConnection {
     const wasOpen = this.#outbox !== undefined;
     this.#state = CLOSED;
     this.#abandon(new TaskConnectionClosedError('the connection closed'));
-    clearInterval(this.#watchdog);
     clearTimeout(this.#deadline);
     this.#outbox?.close();
     this.#core.closed(this);
@@ -1156,7 +1150,6 @@ export class TaskConnection {
   #endConnection(): void {
     if (this.#state >= CLOSING) return;
     this.#state = CLOSING;
-    clearInterval(this.#watchdog);
     clearTimeout(this.#deadline);
     this.#outbox?.close();
     const socket = this.#socket;
@@ -1214,7 +1207,8 @@ export class TaskConnection {
     }
   }
 
-  #check(): void {
+  /** Ends the connection if one of its timeouts has run out. The server calls it every `tick` ms. */
+  check(): void {
     const state = this.#state;
     if (state >= CLOSING) return;
     const limits = this.#limits;

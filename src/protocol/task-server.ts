@@ -164,6 +164,8 @@ export class TaskServer implements Service {
   readonly #waiters = new Set<() => void>();
   readonly #closed: Promise<void>;
   #closing: Promise<void> | undefined;
+  /** Checks every client's timeouts each `tick` ms while there are clients. */
+  #watchdog: NodeJS.Timeout | undefined;
   #closeTimeout: number;
   /** Tasks the close deadline cut. */
   #cut = 0;
@@ -423,6 +425,12 @@ export class TaskServer implements Service {
   #serve(socket: Duplex, ctx: ConnectionContext): Promise<void> {
     const conn = new TaskConnection(this.#core, socket, ctx.id);
     this.#connections.add(conn);
+    // One timer for every client's timeouts, rather than one each (memory per idle client).
+    if (this.#core.tick > 0 && !this.#watchdog) {
+      this.#watchdog = setInterval(() => {
+        for (const c of this.#connections) c.check();
+      }, this.#core.tick).unref();
+    }
     if (this.#closing || this.#tcp.state === 'closed') {
       conn.refuse(ErrorCode.SHUTTING_DOWN, 'server shutting down');
       return conn.done;
@@ -441,6 +449,10 @@ export class TaskServer implements Service {
 
   #closedConnection(conn: TaskConnection): void {
     if (!this.#connections.delete(conn)) return;
+    if (this.#connections.size === 0) {
+      clearInterval(this.#watchdog);
+      this.#watchdog = undefined;
+    }
     if (conn.byteOrder !== undefined) this.#counters.clients--;
     for (const check of [...this.#waiters]) check();
   }
