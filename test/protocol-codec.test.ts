@@ -585,6 +585,67 @@ test('the decoder hands out views of whole frames and joins split payloads once'
   decoder.end();
 });
 
+test('property: encoders interleaved in one process (they share a slab) each write exactly their own frames', () => {
+  fc.assert(
+    fc.property(
+      fc.constantFrom<ByteOrder>('le', 'be'),
+      fc.array(
+        fc.record({
+          encoder: fc.integer({ min: 0, max: 3 }),
+          frame: serverFrame(),
+          pieces: fc.boolean(),
+          take: fc.boolean(),
+        }),
+        { maxLength: 60 },
+      ),
+      (byteOrder, steps) => {
+        const encoders = [0, 1, 2, 3].map(() => new FrameEncoder(byteOrder));
+        const sent: GenFrame[][] = [[], [], [], []];
+        const taken: Buffer[][] = [[], [], [], []];
+        const copies: Buffer[][] = [[], [], [], []];
+        for (const { encoder: i, frame: f, pieces, take } of steps) {
+          const encoder = encoders[i]!;
+          if (pieces && f.payload.length > 1) {
+            encoder.header(f.type, f.flags, f.code, f.id, f.payload.length);
+            encoder.append(f.payload.subarray(0, 1));
+            encoder.append(f.payload.subarray(1));
+          } else {
+            encoder.frame(f.type, f.flags, f.code, f.id, f.payload);
+          }
+          sent[i]!.push(f);
+          if (take) {
+            for (const b of encoder.take()) {
+              taken[i]!.push(b);
+              copies[i]!.push(Buffer.from(b));
+            }
+          }
+        }
+        encoders.forEach((encoder, i) => {
+          taken[i]!.push(...encoder.take());
+          const decoded = decode(Buffer.concat(taken[i]!), [], 'server', byteOrder);
+          assert.equal(decoded.error, undefined);
+          assert.deepEqual(decoded.frames, expected(sent[i]!));
+          for (const [k, copy] of copies[i]!.entries()) {
+            assert.deepEqual(taken[i]![k], copy, 'bytes handed out are never written again');
+          }
+        });
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
+
+test('encoders share their slab: a connection that answered once does not keep 64 KiB of its own', () => {
+  const a = new FrameEncoder('le');
+  const b = new FrameEncoder('le');
+  a.frame(ServerFrame.OK, 1, 0, 1, Buffer.from('a'));
+  const fromA = a.take();
+  b.frame(ServerFrame.OK, 1, 0, 2, Buffer.from('b'));
+  const fromB = b.take();
+  assert.equal(fromA[0]!.buffer, fromB[0]!.buffer);
+  assert.notEqual(fromA[0]!.byteOffset, fromB[0]!.byteOffset);
+});
+
 test('the encoder batches small frames into one buffer, references large payloads, and never rewrites what it handed out', () => {
   const encoder = new FrameEncoder('le');
   for (let i = 0; i < 100; i++) encoder.frame(ServerFrame.OK, 1, 0, i, Buffer.from(`r${i}`));

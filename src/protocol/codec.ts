@@ -436,8 +436,8 @@ export class FrameDecoder {
   readonly #max: number;
   readonly #rules: (FrameRule | undefined)[];
   readonly #source: FrameSource;
-  /** A partial header, kept across pushes. */
-  readonly #head = Buffer.alloc(FRAME_HEADER_SIZE);
+  /** A partial header, kept across pushes; from Node's pool, not an ArrayBuffer of its own. */
+  readonly #head = Buffer.allocUnsafe(FRAME_HEADER_SIZE);
   #headLength = 0;
   /** The frame whose payload is arriving in pieces. */
   #frame: Frame | undefined;
@@ -608,8 +608,19 @@ export function readWindowIncrement(payload: Buffer, byteOrder: ByteOrder): numb
 
 /** Payloads up to this size are copied into the encoder's buffer; larger ones are referenced. */
 const COPY_LIMIT = 2_048;
-/** The size of the buffers the encoder writes small frames into. */
+/** The size of the buffers the encoders write small frames into. */
 const SLAB_SIZE = 64 * 1_024;
+
+/**
+ * The slab every encoder in the process writes into, as Node's own `Buffer` pool: an encoder
+ * owning a 64 KiB slab would keep it for as long as its connection lives, which made a server's
+ * memory per connection that had answered one task 64 KiB (the tasks benchmark's idle clients).
+ * Each encoder reserves its space here; bytes are never written twice, so the pieces handed out
+ * stay valid while sockets hold them, and a slab is freed once nothing references it.
+ */
+let shared: Buffer = Buffer.alloc(0);
+/** The first byte of `shared` no encoder has reserved. */
+let sharedFree = 0;
 
 /**
  * Encodes frames into as few buffers as it can: small frames are written back to back into one
@@ -622,6 +633,8 @@ export class FrameEncoder {
   #slab: Buffer = EMPTY;
   #start = 0;
   #pos = 0;
+  /** The end of the space reserved in `#slab`. */
+  #limit = 0;
   #out: Buffer[] = [];
   #pending = 0;
   /** Payload bytes still to come for the frame begun with `header()`. */
@@ -697,11 +710,21 @@ export class FrameEncoder {
   }
 
   #reserve(n: number): void {
-    if (this.#slab.length - this.#pos >= n) return;
+    if (this.#limit - this.#pos >= n) return;
+    const end = this.#pos + n;
+    if (this.#slab === shared && this.#limit === sharedFree && end <= shared.length) {
+      // Nobody has reserved after us: grow our region in place, and the next write joins it.
+      this.#limit = sharedFree = end;
+      return;
+    }
     this.#cut();
-    this.#slab = Buffer.allocUnsafe(Math.max(SLAB_SIZE, n));
-    this.#start = 0;
-    this.#pos = 0;
+    if (shared.length - sharedFree < n) {
+      shared = Buffer.allocUnsafe(Math.max(SLAB_SIZE, n));
+      sharedFree = 0;
+    }
+    this.#slab = shared;
+    this.#start = this.#pos = sharedFree;
+    this.#limit = sharedFree += n;
   }
 }
 
