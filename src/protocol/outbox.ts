@@ -132,6 +132,8 @@ export class Outbox {
   #closed = false;
   /** performance.now() when the socket's buffer filled; 0 while it is not full. */
   blockedSince = 0;
+  /** Bytes written to the socket so far. */
+  bytesOut = 0;
 
   constructor(socket: Duplex, options: OutboxOptions) {
     this.#socket = socket;
@@ -252,6 +254,7 @@ export class Outbox {
       }
       socket.uncork();
     }
+    this.bytesOut += bytes;
     for (const c of this.#counters) c.bytesOut += bytes;
     if (!ok && !this.#blocked) {
       this.#blocked = true;

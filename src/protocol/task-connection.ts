@@ -223,6 +223,14 @@ class ServerTask implements TaskContext {
   }
 }
 
+/** A drain's deadline: when it cuts the tasks still active, and what it tells them. */
+interface Cut {
+  timer: NodeJS.Timeout;
+  at: number;
+  message: string;
+  onCut: ((n: number) => void) | undefined;
+}
+
 /** Ids below this are kept in an array; larger ones in a Map. */
 const DENSE_IDS = 4_096;
 
@@ -232,17 +240,19 @@ const DENSE_IDS = 4_096;
  * Other ids go to a Map. Iteration order is not start order: sort by `seq` where it matters.
  */
 class TaskTable {
-  #dense: (ServerTask | undefined)[] = [];
+  #dense: (ServerTask | undefined)[] | undefined;
   #sparse: Map<number, ServerTask> | undefined;
   size = 0;
 
   get(id: number): ServerTask | undefined {
-    return id < DENSE_IDS ? this.#dense[id] : this.#sparse?.get(id);
+    return id < DENSE_IDS ? this.#dense?.[id] : this.#sparse?.get(id);
   }
 
   set(id: number, task: ServerTask): void {
-    if (id < DENSE_IDS) this.#dense[id] = task;
-    else {
+    if (id < DENSE_IDS) {
+      this.#dense ??= [];
+      this.#dense[id] = task;
+    } else {
       this.#sparse ??= new Map();
       this.#sparse.set(id, task);
     }
@@ -251,7 +261,7 @@ class TaskTable {
 
   delete(id: number): void {
     if (id < DENSE_IDS) {
-      if (this.#dense[id] === undefined) return;
+      if (this.#dense?.[id] === undefined) return;
       this.#dense[id] = undefined;
     } else if (!this.#sparse?.delete(id)) {
       return;
@@ -263,7 +273,7 @@ class TaskTable {
   values(): ServerTask[] {
     if (this.size === 0) return [];
     const out: ServerTask[] = [];
-    for (const task of this.#dense) if (task !== undefined) out.push(task);
+    if (this.#dense) for (const task of this.#dense) if (task !== undefined) out.push(task);
     if (this.#sparse) for (const task of this.#sparse.values()) out.push(task);
     return out;
   }
@@ -273,21 +283,27 @@ class TaskTable {
 export class TaskConnection {
   /** Increasing from 1 within the server. */
   readonly id: number;
-  /** When the client connected. */
-  readonly connectedAt: Date;
   readonly #core: ServerCore;
   readonly #limits: TaskLimits;
   readonly #socket: Duplex;
   #state = HANDSHAKE;
+  /** Date.now() at connect; a number rather than a `Date` (memory per idle client). */
+  readonly #connectedAt = Date.now();
   #hello: ClientHelloDecoder | undefined = new ClientHelloDecoder();
+  // The decoder and the outbox are made when first needed (`#frames()`, `#out()`), not at the
+  // handshake: a client that is connected but has sent no task holds neither (the tasks
+  // benchmark's memory per idle connection).
   #decoder: FrameDecoder | undefined;
+  #onFrame: ((frame: Frame) => void) | undefined;
   #outbox: Outbox | undefined;
   #byteOrder: ByteOrder | undefined;
+  /** The client's max frame payload, from its hello. */
+  #peerMaxFrame = 0;
   /** The client's initial window per task. */
   #window = 0;
   readonly #tasks = new TaskTable();
   /** Tasks whose message is complete, waiting for their parse turn (taken from `#parseHead`). */
-  #parseQueue: (ServerTask | undefined)[] = [];
+  #parseQueue: (ServerTask | undefined)[] | undefined;
   #parseHead = 0;
   #parsing = false;
   /** Message bytes held for tasks still receiving or waiting to be parsed. */
@@ -298,18 +314,16 @@ export class TaskConnection {
   #lastReadAt: number;
   #resumedAt = 0;
   #idleSince: number;
-  #deadline: NodeJS.Timeout | undefined;
-  #deadlineAt = Number.POSITIVE_INFINITY;
-  #onCut: ((n: number) => void) | undefined;
-  #cutCode: number = ErrorCode.SHUTTING_DOWN;
-  #cutMessage = '';
+  /** Set by `drain()`: when the tasks still active get cut. */
+  #cut: Cut | undefined;
   #clientSaidGoodbye = false;
   #tasksTotal = 0;
   #bytesIn = 0;
-  readonly #written = { bytesOut: 0 };
-  #resolveDone!: () => void;
-  /** Settles once the connection has closed and every task has ended. */
-  readonly done: Promise<void>;
+  /** Bytes written outside the outbox (the hello, a refusal); the outbox counts its own. */
+  #bytesOutDirect = 0;
+  /** Made on first use of `done`: nothing waits on most connections. */
+  #done: Promise<void> | undefined;
+  #resolveDone: (() => void) | undefined;
 
   /** @internal Made by `TaskServer` for each accepted connection. */
   constructor(core: ServerCore, socket: Duplex, id: number) {
@@ -317,14 +331,10 @@ export class TaskConnection {
     this.#limits = core.limits;
     this.#socket = socket;
     this.id = id;
-    this.connectedAt = new Date();
     const now = performance.now();
     this.#lastReadAt = now;
     this.#idleSince = now;
-    this.done = new Promise((resolve) => {
-      this.#resolveDone = resolve;
-    });
-    socket.on('error', noop);
+    // TcpService has put an 'error' listener on every socket it hands over.
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('end', () => this.#onEnd());
     socket.on('close', () => this.#onClose());
@@ -332,6 +342,20 @@ export class TaskConnection {
   }
 
   // --- the seed's per-client view ---------------------------------------------------------------
+
+  /** Settles once the connection has closed (its tasks ended with it, answered or abandoned). */
+  get done(): Promise<void> {
+    if (this.#state === CLOSED) return Promise.resolve();
+    this.#done ??= new Promise((resolve) => {
+      this.#resolveDone = resolve;
+    });
+    return this.#done;
+  }
+
+  /** When the client connected (a new `Date` on each read). */
+  get connectedAt(): Date {
+    return new Date(this.#connectedAt);
+  }
 
   /** The byte order the client chose; undefined until the handshake is done. */
   get byteOrder(): ByteOrder | undefined {
@@ -374,7 +398,7 @@ export class TaskConnection {
       tasksInFlight: this.#tasks.size,
       tasksTotal: this.#tasksTotal,
       bytesIn: this.#bytesIn,
-      bytesOut: this.#written.bytesOut,
+      bytesOut: this.#bytesOutDirect + (this.#outbox?.bytesOut ?? 0),
     };
   }
 
@@ -482,20 +506,22 @@ export class TaskConnection {
       return;
     }
     const at = performance.now() + ms;
-    if (at < this.#deadlineAt) {
-      this.#deadlineAt = at;
-      this.#cutCode = ErrorCode.SHUTTING_DOWN;
-      this.#cutMessage = `${reason} before the task finished`;
-      if (onCut) this.#onCut = onCut;
-      clearTimeout(this.#deadline);
-      this.#deadline = setTimeout(() => this.#cutAtDeadline(), ms);
-      this.#deadline.unref();
+    const cut = this.#cut;
+    if (cut === undefined || at < cut.at) {
+      clearTimeout(cut?.timer);
+      const timer = setTimeout(() => this.#cutAtDeadline(), ms).unref();
+      this.#cut = {
+        timer,
+        at,
+        message: `${reason} before the task finished`,
+        onCut: onCut ?? cut?.onCut,
+      };
     } else if (onCut) {
-      this.#onCut ??= onCut;
+      cut.onCut ??= onCut;
     }
     if (this.#state === OPEN) {
       this.#state = GOODBYE;
-      this.#outbox!.frame(ServerFrame.GOODBYE, 0, code, 0, truncateUtf8(reason, MAX_ERROR_MESSAGE));
+      this.#out().frame(ServerFrame.GOODBYE, 0, code, 0, truncateUtf8(reason, MAX_ERROR_MESSAGE));
     }
     this.#maybeEnd();
   }
@@ -536,7 +562,8 @@ export class TaskConnection {
       chunk = rest;
     }
     try {
-      this.#decoder!.push(chunk, this.#onFrame);
+      if (this.#decoder === undefined) this.#frames();
+      this.#decoder!.push(chunk, this.#onFrame!);
     } catch (err) {
       if (!(err instanceof TaskProtocolError)) throw err;
       this.#protocolError(err);
@@ -547,11 +574,7 @@ export class TaskConnection {
     const limits = this.#limits;
     this.#byteOrder = byteOrder;
     this.#window = window;
-    this.#decoder = new FrameDecoder({
-      byteOrder,
-      maxPayload: limits.maxFramePayload,
-      source: 'client',
-    });
+    this.#peerMaxFrame = maxFramePayload;
     const hello = encodeServerHello(
       {
         version: PROTOCOL_VERSION,
@@ -563,15 +586,9 @@ export class TaskConnection {
       },
       byteOrder,
     );
-    this.#written.bytesOut += hello.length;
+    this.#bytesOutDirect += hello.length;
     this.#core.counters.bytesOut += hello.length;
     this.#socket.write(hello);
-    this.#outbox = new Outbox(this.#socket, {
-      byteOrder,
-      maxFramePayload,
-      onBlocked: (blocked) => this.#setPause(PAUSE_BLOCKED, blocked),
-      counters: [this.#written, this.#core.counters],
-    });
     this.#state = OPEN;
     this.#idleSince = performance.now();
     this.#core.opened(this);
@@ -580,7 +597,30 @@ export class TaskConnection {
     }
   }
 
-  readonly #onFrame = (frame: Frame): void => {
+  /** Makes the frame decoder, on the first bytes after the hello. */
+  #frames(): void {
+    this.#decoder = new FrameDecoder({
+      byteOrder: this.#byteOrder!,
+      maxPayload: this.#limits.maxFramePayload,
+      source: 'client',
+    });
+    this.#onFrame = (frame) => this.#frame(frame);
+  }
+
+  /** The outbox, made on the first frame to send. */
+  #out(): Outbox {
+    this.#outbox ??= new Outbox(this.#socket, {
+      byteOrder: this.#byteOrder!,
+      maxFramePayload: this.#peerMaxFrame,
+      onBlocked: (blocked) => this.#setPause(PAUSE_BLOCKED, blocked),
+      counters: [this.#core.counters],
+    });
+    // Made after the end (a task answering late): closed like the one it would have been.
+    if (this.#state >= CLOSING) this.#outbox.close();
+    return this.#outbox;
+  }
+
+  #frame(frame: Frame): void {
     switch (frame.type) {
       case ClientFrame.START:
         this.#onStart(frame);
@@ -608,7 +648,7 @@ export class TaskConnection {
         this.#maybeEnd();
         break;
     }
-  };
+  }
 
   #onStart(frame: Frame): void {
     const id = frame.id;
@@ -746,7 +786,7 @@ export class TaskConnection {
       );
       return;
     }
-    if (task.out) this.#outbox!.credit(task.out, increment);
+    if (task.out) this.#out().credit(task.out, increment);
     else task.credit += increment;
   }
 
@@ -762,7 +802,7 @@ export class TaskConnection {
       return;
     }
     try {
-      this.#decoder!.end();
+      this.#decoder?.end();
     } catch (err) {
       this.#countProtocolError(err as TaskProtocolError);
     }
@@ -776,16 +816,16 @@ export class TaskConnection {
 
   #onClose(): void {
     if (this.#state === CLOSED) return;
-    const wasOpen = this.#outbox !== undefined;
+    const wasOpen = this.#byteOrder !== undefined;
     this.#state = CLOSED;
     this.#abandon(new TaskConnectionClosedError('the connection closed'));
-    clearTimeout(this.#deadline);
+    clearTimeout(this.#cut?.timer);
     this.#outbox?.close();
     this.#core.closed(this);
     if (wasOpen && disconnectChannel.hasSubscribers) {
       disconnectChannel.publish({ service: this.#core.service, client: this });
     }
-    this.#resolveDone();
+    this.#resolveDone?.();
   }
 
   #setPause(bit: number, on: boolean): void {
@@ -808,6 +848,7 @@ export class TaskConnection {
       task.held = task.size;
       this.#buffered += extra;
       task.state = QUEUED;
+      this.#parseQueue ??= [];
       this.#parseQueue.push(task);
       if (this.#buffered > this.#limits.maxBufferedBytes) this.#setPause(PAUSE_BUDGET, true);
       if (!this.#parsing) this.#pumpParse();
@@ -823,7 +864,7 @@ export class TaskConnection {
 
   /** True while a complete message waits for (or is in) its parse turn. */
   #parseWaiting(): boolean {
-    return this.#parsing || this.#parseHead < this.#parseQueue.length;
+    return this.#parsing || this.#parseHead < (this.#parseQueue?.length ?? 0);
   }
 
   /** Lets go of a task's message and its share of the buffered total. */
@@ -834,12 +875,13 @@ export class TaskConnection {
   }
 
   #pumpParse(): void {
-    while (!this.#parsing && this.#parseHead < this.#parseQueue.length) {
+    for (;;) {
       const queue = this.#parseQueue;
+      if (this.#parsing || queue === undefined || this.#parseHead >= queue.length) break;
       const task = queue[this.#parseHead]!;
       queue[this.#parseHead++] = undefined;
       if (this.#parseHead === queue.length) {
-        this.#parseQueue = [];
+        this.#parseQueue = undefined;
         this.#parseHead = 0;
       }
       if (task.state === DONE) continue; // cancelled while it waited
@@ -930,7 +972,7 @@ export class TaskConnection {
       return;
     }
     if (result === undefined || result === null) {
-      this.#outbox!.frame(ServerFrame.OK, FLAG_END, 0, task.id);
+      this.#out().frame(ServerFrame.OK, FLAG_END, 0, task.id);
       this.#finish(task, Outcome.OK);
     } else if (typeof result === 'string') {
       this.#sendBytes(task, Buffer.from(result, 'utf8'));
@@ -952,7 +994,7 @@ export class TaskConnection {
   }
 
   #sendBytes(task: ServerTask, bytes: Buffer): void {
-    const outbox = this.#outbox!;
+    const outbox = this.#out();
     const n = bytes.length;
     if (n <= task.credit && n <= outbox.frameSize) {
       task.credit -= n;
@@ -967,7 +1009,7 @@ export class TaskConnection {
   }
 
   #openStream(task: ServerTask): OutStream {
-    const out = this.#outbox!.stream(task.id, ServerFrame.OK, ServerFrame.OK, 0, task.credit);
+    const out = this.#out().stream(task.id, ServerFrame.OK, ServerFrame.OK, 0, task.credit);
     out.onFinished = () => this.#finish(task, Outcome.OK);
     task.out = out;
     return out;
@@ -975,7 +1017,7 @@ export class TaskConnection {
 
   async #pipe(task: ServerTask, source: AsyncIterable<unknown> | Iterable<unknown>): Promise<void> {
     task.state = RESPONDING;
-    const outbox = this.#outbox!;
+    const outbox = this.#out();
     const out = this.#openStream(task);
     let iterator: AsyncIterator<unknown> | Iterator<unknown>;
     try {
@@ -1010,7 +1052,7 @@ export class TaskConnection {
 
   #failed(task: ServerTask, err: unknown): void {
     if (task.state === DONE) return;
-    if (task.out) this.#outbox!.abort(task.out);
+    if (task.out) this.#out().abort(task.out);
     if (task.cancelReason) {
       this.#finishError(task, ErrorCode.CANCELLED, task.cancelMessage, Outcome.CANCELLED);
       return;
@@ -1071,7 +1113,7 @@ export class TaskConnection {
 
   /** Error frame and the end of the task. */
   #finishError(task: ServerTask, code: number, message: string, outcome: number): void {
-    this.#outbox!.frame(
+    this.#out().frame(
       ServerFrame.ERROR,
       0,
       code,
@@ -1083,7 +1125,7 @@ export class TaskConnection {
 
   /** An ERROR for a START that never became a task. */
   #reject(id: number, code: number, error: number, message: string, outcome: number): void {
-    this.#outbox!.frame(ServerFrame.ERROR, 0, error, id, truncateUtf8(message, MAX_ERROR_MESSAGE));
+    this.#out().frame(ServerFrame.ERROR, 0, error, id, truncateUtf8(message, MAX_ERROR_MESSAGE));
     this.#core.counters.count(code, outcome);
   }
 
@@ -1111,28 +1153,28 @@ export class TaskConnection {
       task.parts = undefined;
       this.#finish(task, Outcome.ABANDONED);
     }
-    this.#parseQueue = [];
+    this.#parseQueue = undefined;
     this.#parseHead = 0;
     this.#buffered = 0;
     this.#receiving = 0;
   }
 
   #cutAtDeadline(): void {
-    this.#deadline = undefined;
     if (this.#state >= CLOSING) return;
     const tasks = this.#tasks.values();
-    const reason = new TaskCancelledError(this.#cutMessage);
+    const cut = this.#cut!;
+    const reason = new TaskCancelledError(cut.message);
     for (const task of tasks) {
       task.abort(reason);
       this.#stopResponse(task);
       task.parts = undefined;
-      this.#finishError(task, this.#cutCode, this.#cutMessage, Outcome.SHUTDOWN);
+      this.#finishError(task, ErrorCode.SHUTTING_DOWN, cut.message, Outcome.SHUTDOWN);
     }
-    this.#parseQueue = [];
+    this.#parseQueue = undefined;
     this.#parseHead = 0;
     this.#buffered = 0;
     this.#receiving = 0;
-    if (tasks.length > 0) this.#onCut?.(tasks.length);
+    if (tasks.length > 0) cut.onCut?.(tasks.length);
     this.#endConnection();
   }
 
@@ -1150,7 +1192,7 @@ export class TaskConnection {
   #endConnection(): void {
     if (this.#state >= CLOSING) return;
     this.#state = CLOSING;
-    clearTimeout(this.#deadline);
+    clearTimeout(this.#cut?.timer);
     this.#outbox?.close();
     const socket = this.#socket;
     socket.end();
@@ -1163,7 +1205,7 @@ export class TaskConnection {
     const refusal = encodeRefusal({ version: PROTOCOL_VERSION, code, message });
     this.#core.counters.refused++;
     this.#core.counters.bytesOut += refusal.length;
-    this.#written.bytesOut += refusal.length;
+    this.#bytesOutDirect += refusal.length;
     if (code === ErrorCode.BAD_HANDSHAKE || code === ErrorCode.UNSUPPORTED_VERSION) {
       this.#countProtocolError(new TaskProtocolError(code, message));
     }
@@ -1190,7 +1232,7 @@ export class TaskConnection {
       ? new TaskProtocolError(code, message)
       : new TaskTimeoutError('read', message);
     if (isProtocolError) this.#countProtocolError(error as TaskProtocolError);
-    this.#outbox!.frame(ServerFrame.FATAL, 0, code, id, truncateUtf8(message, MAX_ERROR_MESSAGE));
+    this.#out().frame(ServerFrame.FATAL, 0, code, id, truncateUtf8(message, MAX_ERROR_MESSAGE));
     this.#abandon(error);
     this.#endConnection();
   }
@@ -1222,9 +1264,10 @@ export class TaskConnection {
       }
       return;
     }
-    const outbox = this.#outbox!;
+    const outbox = this.#outbox;
     if (
       limits.writeTimeout > 0 &&
+      outbox !== undefined &&
       outbox.blockedSince > 0 &&
       now - outbox.blockedSince >= limits.writeTimeout
     ) {
@@ -1238,7 +1281,7 @@ export class TaskConnection {
     if (readTimeout > 0 && this.#pause === 0) {
       const since = Math.max(this.#lastReadAt, this.#resumedAt);
       let stalled: string | undefined;
-      if (this.#decoder!.buffered > 0 && now - since >= readTimeout) {
+      if (this.#decoder !== undefined && this.#decoder.buffered > 0 && now - since >= readTimeout) {
         stalled = `timeout whilst reading a frame: nothing for ${readTimeout} ms`;
       } else if (this.#receiving > 0) {
         for (const task of this.#tasks.values()) {
@@ -1261,13 +1304,13 @@ export class TaskConnection {
       limits.waitTimeout > 0 &&
       state === OPEN &&
       this.#tasks.size === 0 &&
-      this.#decoder!.buffered === 0 &&
+      (this.#decoder?.buffered ?? 0) === 0 &&
       now - this.#idleSince >= limits.waitTimeout
     ) {
       const message = 'timeout whilst waiting for task';
       this.#timedOut('wait', message);
       this.#state = GOODBYE;
-      outbox.frame(ServerFrame.GOODBYE, 0, ErrorCode.WAIT_TIMEOUT, 0, Buffer.from(message));
+      this.#out().frame(ServerFrame.GOODBYE, 0, ErrorCode.WAIT_TIMEOUT, 0, Buffer.from(message));
       this.#endConnection();
       return;
     }
@@ -1278,7 +1321,7 @@ export class TaskConnection {
         const last = Math.max(task.lastSentAt, task.out?.lastSentAt ?? 0);
         if (now - last >= interval) {
           task.lastSentAt = now;
-          outbox.frame(ServerFrame.PROCESSING, 0, 0, task.id);
+          this.#out().frame(ServerFrame.PROCESSING, 0, 0, task.id);
         }
       }
     }

@@ -422,7 +422,11 @@ export class TaskServer implements Service {
     });
   }
 
-  #serve(socket: Duplex, ctx: ConnectionContext): Promise<void> {
+  /**
+   * Returns nothing: TcpService then holds the connection until its socket closes, which is when
+   * a TaskConnection ends (no promise per connection; memory per idle client).
+   */
+  #serve(socket: Duplex, ctx: ConnectionContext): void {
     const conn = new TaskConnection(this.#core, socket, ctx.id);
     this.#connections.add(conn);
     // One timer for every client's timeouts, rather than one each (memory per idle client).
@@ -433,18 +437,16 @@ export class TaskServer implements Service {
     }
     if (this.#closing || this.#tcp.state === 'closed') {
       conn.refuse(ErrorCode.SHUTTING_DOWN, 'server shutting down');
-      return conn.done;
+      return;
     }
     if (this.#connections.size > this.#maxClients) {
       conn.refuse(
         ErrorCode.TOO_MANY_CLIENTS,
         `too many clients: this server takes ${this.#maxClients}`,
       );
-      return conn.done;
     }
     // close() and destroy() reach each connection by walking #connections: no abort listener
     // (and no AbortController) per connection, which the tasks benchmark measured at 1.7 KB each.
-    return conn.done;
   }
 
   #closedConnection(conn: TaskConnection): void {

@@ -185,6 +185,8 @@ class Connection implements ConnectionContext {
   controller: AbortController | undefined;
   /** The idle tracker's record of this connection's handler, when one is watching. */
   activity: { end(): void } | undefined;
+  /** An event-style (sync) handler's run lasts until the socket closes. */
+  runsUntilClose = false;
   /** Neighbours in the service's list of open connections. */
   prev: Connection | undefined;
   next: Connection | undefined;
@@ -430,9 +432,12 @@ export class TcpService implements Service {
     this.#connections.add(conn);
     this.#busy++;
     conn.activity = this.#activity?.begin();
-    socket.once('close', () => {
+    // 'close' comes once: `on`, not `once`, which would wrap the listener in three more objects;
+    // and one listener for both jobs (a third listener grows the socket's listener array).
+    socket.on('close', () => {
       this.#connections.delete(conn);
-      this.#lifecycle.poke();
+      if (conn.runsUntilClose) this.#handlerReturned(conn, false);
+      else this.#lifecycle.poke();
     });
     if (connectionChannel.hasSubscribers) {
       connectionChannel.publish({ service: this.name, id: conn.id, socket });
@@ -453,8 +458,8 @@ export class TcpService implements Service {
     } else if (socket.destroyed) {
       this.#handlerReturned(conn);
     } else {
-      // An event-style handler owns the connection until it closes.
-      socket.once('close', () => this.#handlerReturned(conn, false));
+      // An event-style handler owns the connection until it closes (the 'close' listener above).
+      conn.runsUntilClose = true;
     }
   }
 
