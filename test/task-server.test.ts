@@ -689,3 +689,31 @@ test('a TaskServer serves one handed-over connection (Accept=yes, inetd) and the
   });
   t.after(() => client.destroy());
 });
+
+test('a client idle for a second lets go of its decoder and outbox, and gets them back on its next task', async (t) => {
+  const net = createServer();
+  const sockets: Socket[] = [];
+  net.on('connection', (s: Socket) => sockets.push(s));
+  // readTimeout 200 ms makes the server check its clients every 50 ms.
+  const { server, port } = await startTaskServer(t, { server: net, readTimeout: 200 }, (s) => {
+    s.register(1, (m: Buffer) => m, 'echo');
+    s.register(2, () => Readable.from([Buffer.alloc(300_000, 7), Buffer.alloc(300_000, 8)]));
+  });
+  const client = await connectClient(t, port);
+  await waitFor(() => sockets.length === 1, 'the server socket');
+  const socket = sockets[0]!;
+  assert.equal(socket.listenerCount('drain'), 0, 'no outbox before the first answer');
+  assert.equal((await client.call(1, 'one')).toString(), 'one');
+  assert.equal(socket.listenerCount('drain'), 1, 'the outbox follows the socket');
+  const before = server.clients()[0]!.stats.bytesOut;
+  await waitFor(() => socket.listenerCount('drain') === 0, 'the outbox let go', 3_000);
+  assert.equal(server.clients()[0]!.stats.bytesOut, before, 'no byte uncounted');
+  // Made again on demand, and as good as new: a small answer, then a streamed one.
+  assert.equal((await client.call(1, 'two')).toString(), 'two');
+  const big = await client.call(2, '');
+  assert.equal(big.length, 600_000);
+  assert.equal(big[0], 7);
+  assert.equal(big[599_999], 8);
+  assert.ok(server.clients()[0]!.stats.bytesOut > before + 600_000);
+  assert.equal(server.numClients, 1);
+});

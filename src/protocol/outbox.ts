@@ -141,7 +141,29 @@ export class Outbox {
     this.#frameSize = Math.min(options.maxFramePayload, STREAM_FRAME_SIZE);
     this.#onBlocked = options.onBlocked;
     this.#counters = options.counters ?? [];
-    socket.on('drain', () => this.#onDrain());
+    socket.on('drain', this.#drainListener);
+  }
+
+  readonly #drainListener = (): void => this.#onDrain();
+
+  /**
+   * Lets go of the socket when nothing is queued, being written or waiting for a drain: the owner
+   * may then drop this outbox (an idle connection need not keep one) and make a new one later.
+   * Returns false, and keeps everything, while anything is pending.
+   */
+  release(): boolean {
+    if (
+      this.#scheduled ||
+      this.#continuing ||
+      this.#blocked ||
+      this.#ring.size > 0 ||
+      this.#encoder.pending > 0
+    ) {
+      return false;
+    }
+    this.#socket.removeListener('drain', this.#drainListener);
+    this.#closed = true;
+    return true;
   }
 
   /** The most payload one frame may carry to this peer (and the fairness quantum). */

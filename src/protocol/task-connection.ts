@@ -231,6 +231,12 @@ interface Cut {
   onCut: ((n: number) => void) | undefined;
 }
 
+/**
+ * A client idle this long (no task, no partial frame) lets go of its decoder, outbox and task
+ * table, checked by the server's timeout watchdog; they are made again on its next frame.
+ */
+const RELEASE_AFTER_MS = 1_000;
+
 /** Ids below this are kept in an array; larger ones in a Map. */
 const DENSE_IDS = 4_096;
 
@@ -267,6 +273,14 @@ class TaskTable {
       return;
     }
     this.size--;
+  }
+
+  /** Lets go of the tables once empty (an idle connection keeps none). */
+  compact(): void {
+    if (this.size === 0) {
+      this.#dense = undefined;
+      this.#sparse = undefined;
+    }
   }
 
   /** A copy, safe to iterate while tasks end. */
@@ -595,6 +609,20 @@ export class TaskConnection {
     if (clientChannel.hasSubscribers) {
       clientChannel.publish({ service: this.#core.service, client: this });
     }
+  }
+
+  /** Drops what an idle connection need not keep (see RELEASE_AFTER_MS). */
+  #shed(): void {
+    if (this.#decoder !== undefined && this.#decoder.buffered === 0) {
+      this.#decoder = undefined;
+      this.#onFrame = undefined;
+    }
+    const outbox = this.#outbox;
+    if (outbox?.release()) {
+      this.#bytesOutDirect += outbox.bytesOut;
+      this.#outbox = undefined;
+    }
+    this.#tasks.compact();
   }
 
   /** Makes the frame decoder, on the first bytes after the hello. */
@@ -1312,6 +1340,15 @@ export class TaskConnection {
       this.#state = GOODBYE;
       this.#out().frame(ServerFrame.GOODBYE, 0, ErrorCode.WAIT_TIMEOUT, 0, Buffer.from(message));
       this.#endConnection();
+      return;
+    }
+    if (
+      state === OPEN &&
+      this.#tasks.size === 0 &&
+      now - this.#idleSince >= RELEASE_AFTER_MS &&
+      (this.#decoder !== undefined || this.#outbox !== undefined)
+    ) {
+      this.#shed();
       return;
     }
     const interval = limits.processingInterval;
