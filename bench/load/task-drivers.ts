@@ -413,6 +413,7 @@ export async function openIdle(
   impl: Impl,
   port: number,
   n: number,
+  task = false,
   parallel = 100,
 ): Promise<RtCloser> {
   const berth: TaskClient[] = [];
@@ -420,7 +421,9 @@ export async function openIdle(
   for (let done = 0; done < n; done += parallel) {
     const batch = Math.min(parallel, n - done);
     if (impl === 'berth') {
-      berth.push(...(await berthClients(port, batch)));
+      const clients = await berthClients(port, batch);
+      if (task) await Promise.all(clients.map((c) => c.call(1, PAYLOAD)));
+      berth.push(...clients);
     } else if (impl === 'raw') {
       const sockets = await rawSockets(port, batch);
       await Promise.all(

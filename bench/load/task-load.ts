@@ -61,6 +61,8 @@ interface IdleCommand {
   op: 'idle';
   port: number;
   connections: number;
+  /** berth: each client runs one echo task before it idles. */
+  task?: boolean;
 }
 type Command = RtCommand | BulkCommand | CancelCommand | IdleCommand | { op: 'release' };
 
@@ -188,7 +190,7 @@ async function run(cmd: Command): Promise<object> {
     case 'cancel':
       return cancel(cmd);
     case 'idle':
-      idle = await openIdle(impl, cmd.port, cmd.connections);
+      idle = await openIdle(impl, cmd.port, cmd.connections, cmd.task === true);
       console.log(`idle ${cmd.connections}`);
       return { connections: cmd.connections };
     case 'release':
