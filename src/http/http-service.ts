@@ -618,7 +618,10 @@ export class HttpService implements Service {
     socket.on('close', this.#onSocketClose);
   }
 
-  /** A tracked socket closed: its client left, Node closed it, or it was destroyed. */
+  /**
+   * A tracked socket closed: its client left, Node closed it, or it was destroyed. One that the
+   * drain reaped was untracked already (`#reap`), and this finds nothing to do.
+   */
   #socketClosed(socket: TrackedSocket): void {
     const state = socket[kState];
     if (state) {
@@ -626,6 +629,19 @@ export class HttpService implements Service {
       this.#httpSockets.delete(socket);
     }
     if (this.#connections.delete(socket)) this.#lifecycle.poke();
+  }
+
+  /**
+   * Destroys an idle HTTP/1 socket and stops tracking it there and then, not at its 'close'
+   * event: libuv closes the descriptor during `destroy()` (the event only reports it, a turn
+   * later), which is also when `net.Server` counts a connection gone. Returns true when that
+   * ended a tracked connection: the caller pokes the lifecycle, once for a batch. Under TLS the
+   * accepted socket underneath is untracked at its own 'close'.
+   */
+  #reap(socket: TrackedSocket): boolean {
+    socket.destroy();
+    this.#httpSockets.delete(socket);
+    return this.#connections.delete(socket);
   }
 
   #onHttpSocket(socket: TrackedSocket): void {
@@ -728,11 +744,14 @@ export class HttpService implements Service {
   /**
    * Sockets idle for longer than the grace when the drain began: one pass closes them all after
    * a whole event-loop turn (two immediates: the next poll phase reads whatever the kernel holds
-   * for them), leaving the grace to any that received bytes meanwhile.
+   * for them), leaving the grace to any that received bytes meanwhile. They are untracked in the
+   * same pass and the lifecycle is poked once, so the drain ends with the pass, not 5,000
+   * 'close' events later.
    */
   #closeLongIdle(sockets: TrackedSocket[]): void {
     setImmediate(() =>
       setImmediate(() => {
+        let reaped = false;
         for (const socket of sockets) {
           const state = socket[kState]!;
           if (state.inflight > 0 || socket.destroyed) continue;
@@ -741,10 +760,11 @@ export class HttpService implements Service {
             state.idleSince = performance.now();
             state.bytesAtIdle = bytesRead;
             this.#startIdleGrace(socket);
-          } else {
-            socket.destroy();
+          } else if (this.#reap(socket)) {
+            reaped = true;
           }
         }
+        if (reaped) this.#lifecycle.poke();
       }),
     );
   }
@@ -770,7 +790,7 @@ export class HttpService implements Service {
         this.#startIdleGrace(socket);
         return;
       }
-      socket.destroy();
+      if (this.#reap(socket)) this.#lifecycle.poke();
     }, wait);
   }
 
