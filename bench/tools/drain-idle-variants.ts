@@ -1,10 +1,11 @@
 /**
  * The drain suite's idle-socket stop alone, for iterating on it: 5,000 keep-alive sockets idle
  * 2 s, then SIGTERM, against the variants named, in an order that rotates each round. Prints each
- * variant's stop time (measured in the server, as in the suite), median and range, and the median
- * of its per-round ratios to the first variant (same round, so the machine's drift cancels).
+ * variant's stop time (measured in the server, as in the suite), median and range, the median of
+ * its per-round ratios to the first variant or to `--base` (same round, so the machine's drift
+ * cancels), and the median time until the load saw its last socket closed.
  *
- *   node --import tsx bench/tools/drain-idle-variants.ts [--rounds 8] [--profile] [variant...]
+ *   node --import tsx bench/tools/drain-idle-variants.ts [--rounds 8] [--base V] [--profile] [variant...]
  *
  * A variant is one of the suite's strategies (berth, core, http-terminator, stoppable, terminus,
  * reference), or `berth@<git ref>`: the berth fixture with src/ as it was at that commit
@@ -27,6 +28,7 @@ const { values, positionals } = parseArgs({
   allowPositionals: true,
   options: {
     rounds: { type: 'string', default: '8' },
+    base: { type: 'string' },
     profile: { type: 'boolean', default: false },
   },
 });
@@ -78,25 +80,32 @@ if (values.profile) {
 }
 
 const stops = new Map<string, number[]>(variants.map((v) => [v, []]));
+const lastCloses = new Map<string, number[]>(variants.map((v) => [v, []]));
 for (let round = 0; round < rounds; round++) {
   const order = strategies.map((_, i) => strategies[(i + round) % strategies.length]!);
   for (const s of order) {
     const r = await idleRun(s, profileDir);
     stops.get(s.key)!.push(r.stopMs ?? Number.NaN);
+    lastCloses.get(s.key)!.push(r.lastCloseMs);
     console.log(
       `round ${round + 1}/${rounds} ${s.key}: stop ${r.stopMs === undefined ? 'never' : `${fmt(r.stopMs, 1)} ms`}, last socket closed ${fmt(r.lastCloseMs, 1)} ms (client view), ${r.closedAfterShutdown}/${r.opened} closed`,
     );
   }
 }
 
-const base = stops.get(variants[0]!)!;
+const baseName = values.base ?? variants[0]!;
+const base = stops.get(baseName);
+if (!base) {
+  console.error(`--base ${baseName} is not one of the variants run`);
+  process.exit(2);
+}
 console.log(
-  `\nvariant          stop ms: median (range)   × ${variants[0]} (median of rounds)   per round`,
+  `\nvariant          stop ms: median (range)   × ${baseName} (median of rounds)   last close, client (median)   per round`,
 );
 for (const [variant, ms] of stops) {
   const ratio = median(ms.map((v, i) => v / base[i]!).filter(Number.isFinite));
   console.log(
-    `${variant.padEnd(16)} ${`${fmt(median(ms), 1)} (${fmtRange(ms)})`.padEnd(25)} ${fmt(ratio, 3).padStart(24)}   ${ms.map((v) => fmt(v, 1)).join(' ')}`,
+    `${variant.padEnd(16)} ${`${fmt(median(ms), 1)} (${fmtRange(ms)})`.padEnd(25)} ${fmt(ratio, 3).padStart(24)}   ${fmt(median(lastCloses.get(variant)!), 1).padStart(27)}   ${ms.map((v) => fmt(v, 1)).join(' ')}`,
   );
 }
 if (profileDir) console.log(`\nCPU profiles in ${profileDir}`);
