@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- <suite>...] [--quick] [--rounds N] [--profile] [--no-write] [--note TEXT]`
+ * `npm run bench [-- <suite>...] [--quick] [--rounds N] [--only PART] [--profile] [--no-write] [--note TEXT]`
  *
  * Runs the benchmark suites (all, or the ones named), prints their tables, and writes each
  * suite's section of BENCHMARKS.md. A quick run (`--quick`) is for development: short rounds,
@@ -28,6 +28,8 @@ suites: ${SUITES.map((s) => s.name).join(', ')} (default: all)
 options:
   --quick        short rounds for development; does not write BENCHMARKS.md
   --rounds N     rounds per comparison (default: the suite's, 7 for tcp, 5 for drain)
+  --only PART    run only this part of a suite, repeatable (drain: load, idle, cluster);
+                 for development: does not write BENCHMARKS.md
   --profile      write V8 CPU profiles of the server fixtures (both sides) of tcp and
                  http, and of every strategy's idle-socket stop in drain, to
                  .bench-tmp/profiles/; summarise with bench/tools/profile-summary.ts
@@ -41,6 +43,7 @@ const { values, positionals } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
     rounds: { type: 'string' },
+    only: { type: 'string', multiple: true },
     profile: { type: 'boolean', default: false },
     write: { type: 'boolean' },
     'no-write': { type: 'boolean', default: false },
@@ -65,7 +68,12 @@ if (rounds !== undefined && !(Number.isInteger(rounds) && rounds >= 1)) {
 }
 const selected =
   positionals.length === 0 ? SUITES : SUITES.filter((s) => positionals.includes(s.name));
-const write = values['no-write'] ? false : (values.write ?? !values.quick);
+const only = values.only?.length ? values.only : undefined;
+if (only && values.write) {
+  console.error('bench: --only runs part of a suite, which is never written to BENCHMARKS.md');
+  process.exit(2);
+}
+const write = values['no-write'] || only ? false : (values.write ?? !values.quick);
 // Quoted for a POSIX shell, so the command recorded in BENCHMARKS.md can be pasted back.
 const quote = (arg: string) =>
   /^[\w./:=@%+-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
@@ -105,7 +113,7 @@ for (const suite of selected) {
     continue;
   }
   try {
-    const report = await suite.run({ quick: values.quick, rounds, profileDir, log });
+    const report = await suite.run({ quick: values.quick, rounds, profileDir, only, log });
     const seconds = (performance.now() - t0) / 1000;
     for (const table of report.tables) console.log(`\n${renderText(table)}`);
     for (const note of report.notes) console.log(`  note: ${note}`);
@@ -131,7 +139,7 @@ if (write && sections.size > 0) {
   );
   console.log('bench: wrote BENCHMARKS.md');
 } else if (!write) {
-  console.log('bench: BENCHMARKS.md not written (quick run or --no-write)');
+  console.log('bench: BENCHMARKS.md not written (quick run, --only or --no-write)');
 }
 if (profileDir) console.log(`bench: CPU profiles in ${profileDir}`);
 killAll();

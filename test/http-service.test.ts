@@ -359,3 +359,46 @@ test('the idle grace counts from when a socket went idle: a long-idle socket clo
   assert.ok(took < 300, `a socket idle for longer than idleGrace held the close for ${took} ms`);
   await waitFor(() => longIdle.closed, 'the long-idle socket to be closed');
 });
+
+test('a request written on a long-idle socket as the drain begins is read and answered', async (t) => {
+  const { service, port } = await startHttp(t, { keepAliveTimeout: 60_000, idleGrace: 200 });
+  const sockets = await Promise.all(Array.from({ length: 20 }, () => connect(t, port)));
+  for (const socket of sockets) assert.match(await rawRequest(socket, '/'), /^HTTP\/1\.1 200/);
+  await sleep(300); // every socket idle for longer than the grace
+  const late = sockets[7]!;
+  const reply = once(late, 'data');
+  // On loopback the bytes are in the server's kernel buffer when write() returns; the server
+  // has not read them yet when the drain begins, in the same tick.
+  late.write('GET /late HTTP/1.1\r\nHost: x\r\n\r\n');
+  const closing = service.close({ timeout: 5_000 });
+  const text = String((await reply)[0]);
+  assert.match(text, /^HTTP\/1\.1 200/);
+  assert.match(text, /Connection: close/i);
+  await closing;
+  assert.equal(service.stats.open, 0);
+  assert.equal(service.stats.requests, 21);
+  assert.equal(service.stats.aborted, 0);
+  await waitFor(() => sockets.every((s) => s.closed), 'every socket to be closed');
+});
+
+test('HTTPS: long-idle TLS sockets are closed at once by the drain', async (t) => {
+  const { service, port } = await startHttp(t, { tls, keepAliveTimeout: 60_000, idleGrace: 200 });
+  const agent = new https.Agent({ keepAlive: true, ca: tls.cert, maxSockets: 5 });
+  t.after(() => agent.destroy());
+  const request = () =>
+    new Promise<Reply>((resolve, reject) => {
+      https
+        .get({ host: '127.0.0.1', port, servername: 'localhost', agent }, async (res) => {
+          resolve({ status: res.statusCode!, headers: res.headers, body: await readAll(res) });
+        })
+        .on('error', reject);
+    });
+  await Promise.all(Array.from({ length: 5 }, request));
+  assert.equal(service.stats.open, 5);
+  await sleep(300);
+  const started = Date.now();
+  await service.close({ timeout: 5_000 });
+  const took = Date.now() - started;
+  assert.ok(took < 150, `long-idle TLS sockets held the close for ${took} ms`);
+  assert.equal(service.stats.open, 0);
+});

@@ -11,6 +11,11 @@ export interface SuiteContext {
   readonly rounds: number | undefined;
   /** Write a V8 CPU profile of each berth server fixture into this directory. */
   readonly profileDir: string | undefined;
+  /**
+   * `--only`: run just these parts of a suite (the drain suite's `load`, `idle`, `cluster`), for
+   * development; undefined runs every part. Such a run is never written to BENCHMARKS.md.
+   */
+  readonly only?: readonly string[] | undefined;
   log(message: string): void;
 }
 

@@ -7,6 +7,13 @@
  *
  * Each strategy is one fixture script, bench/fixtures/drain-<key>.ts, speaking the same control
  * lines (`ready <port>`, `stopped <ms>`); adding one is adding a row here.
+ *
+ * The suite has three parts, each with its table: `load` (requests lost under load), `idle` (the
+ * 5,000-idle-socket stop) and `cluster` (berth's CLI reloading and draining two workers).
+ * `npm run bench -- drain --only idle` (repeatable: `--only idle --only load`) runs only those
+ * parts, for development, and never writes BENCHMARKS.md; `--rounds N` sets every part's rounds.
+ * bench/tools/drain-idle-variants.ts runs the idle part against chosen strategies and against
+ * berth as it was at a git commit, to measure a change against its parent in one run.
  */
 
 import { readFileSync } from 'node:fs';
@@ -23,13 +30,15 @@ import {
 import { fmt, fmtRange, median } from '../lib/stats.js';
 import { mark, type Suite, type SuiteContext, type SuiteReport, type Table } from '../lib/suite.js';
 
-interface Strategy {
+export interface Strategy {
   key: string;
   label: string;
   berth?: boolean;
+  /** The fixture script; default bench/fixtures/drain-<key>.ts. */
+  script?: string;
 }
 
-const STRATEGIES: readonly Strategy[] = [
+export const STRATEGIES: readonly Strategy[] = [
   { key: 'berth', label: 'berth `HttpService.close()`', berth: true },
   { key: 'core', label: 'Node core: `close()` + `closeIdleConnections()`' },
   { key: 'http-terminator', label: 'http-terminator 3.2' },
@@ -49,7 +58,7 @@ const IDLE_SOCKETS = 5_000;
 const IDLE_SETTLE = 2_000;
 const DEADLINE = 5_000; // what each fixture gives its strategy
 
-const fixture = (s: Strategy) => join(BENCH_DIR, 'fixtures', `drain-${s.key}.ts`);
+const fixture = (s: Strategy) => s.script ?? join(BENCH_DIR, 'fixtures', `drain-${s.key}.ts`);
 
 interface DrainLoad {
   okBefore: number;
@@ -71,7 +80,7 @@ interface DrainRun extends DrainLoad {
   exitMs: number;
 }
 
-interface IdleRun {
+export interface IdleRun {
   stopMs: number | undefined;
   lastCloseMs: number;
   opened: number;
@@ -127,7 +136,7 @@ async function drainRun(strategy: Strategy, after: number): Promise<DrainRun> {
  * One idle-stop run. With `profileDir`, the server runs under `--cpu-prof` (every strategy
  * alike); its stop is the end of the profile: read it with `profile-summary.ts --last 300`.
  */
-async function idleRun(strategy: Strategy, profileDir?: string): Promise<IdleRun> {
+export async function idleRun(strategy: Strategy, profileDir?: string): Promise<IdleRun> {
   const bound = DEADLINE + 10_000;
   const fds = IDLE_SOCKETS + 1_000;
   const profile = profileDir
@@ -136,7 +145,7 @@ async function idleRun(strategy: Strategy, profileDir?: string): Promise<IdleRun
         '--cpu-prof-interval',
         '100',
         '--cpu-prof-dir',
-        join(profileDir, `drain-idle-${strategy.key}-${Date.now()}`),
+        join(profileDir, `drain-idle-${strategy.key.replace(/\W+/g, '-')}-${Date.now()}`),
       ]
     : [];
   const { child: server, port } = await startServer(strategy.key, fixture(strategy), [], {
@@ -179,6 +188,9 @@ async function idleRun(strategy: Strategy, profileDir?: string): Promise<IdleRun
 }
 
 const WORKERS = 2;
+
+/** The suite's parts, each with its table; `--only` picks some. */
+const PARTS: readonly string[] = ['load', 'idle', 'cluster'];
 
 interface ClusterRun extends DrainLoad {
   /** reload: `reload complete in N ms`; stop: the primary's `shutdown complete in N ms`. */
@@ -316,15 +328,20 @@ export const drainSuite: Suite = {
     'berth loses 0 written requests in every run; time to stop with 5,000 idle keep-alive sockets < 100 ms',
   pending: async () => undefined,
   async run(ctx: SuiteContext): Promise<SuiteReport> {
-    const runs = ctx.rounds ?? (ctx.quick ? 2 : 5);
-    const idleRuns = ctx.quick ? 1 : 5;
+    const parts = new Set(ctx.only ?? PARTS);
+    const unknownParts = [...parts].filter((p) => !PARTS.includes(p));
+    if (unknownParts.length > 0)
+      throw new Error(`unknown part ${unknownParts.join(', ')}: the parts are ${PARTS.join(', ')}`);
+    const runs =
+      parts.has('load') || parts.has('cluster') ? (ctx.rounds ?? (ctx.quick ? 2 : 5)) : 0;
+    const idleRuns = parts.has('idle') ? (ctx.rounds ?? (ctx.quick ? 1 : 5)) : 0;
     // How long clients keep going after SIGTERM if the server keeps answering them.
     const after = ctx.quick ? 2_000 : 5_000;
     const notes: string[] = [];
     const strategies = STRATEGIES;
 
     const drain = new Map<string, DrainRun[]>(strategies.map((s) => [s.key, []]));
-    for (let round = 0; round < runs; round++) {
+    for (let round = 0; parts.has('load') && round < runs; round++) {
       // Rotate the order each round so no strategy always runs first or last.
       const order = strategies.map((_, i) => strategies[(i + round) % strategies.length]!);
       for (const s of order) {
@@ -349,9 +366,9 @@ export const drainSuite: Suite = {
     }
 
     // The cluster: berth's CLI from dist/ with two workers, under the same load.
-    await ensureBuilt(ctx.log);
+    if (parts.has('cluster')) await ensureBuilt(ctx.log);
     const cluster: Record<'reload' | 'stop', ClusterRun[]> = { reload: [], stop: [] };
-    for (let round = 0; round < runs; round++) {
+    for (let round = 0; parts.has('cluster') && round < runs; round++) {
       const kinds = round % 2 === 0 ? (['reload', 'stop'] as const) : (['stop', 'reload'] as const);
       for (const kind of kinds) {
         const r = await clusterRun(kind, after);
@@ -480,7 +497,11 @@ export const drainSuite: Suite = {
     };
     return {
       method: `Each strategy serves the same app (\`setTimeout(() => res.end('ok'), 10)\`, keepAliveTimeout 30 s) in its own process and gets SIGTERM; a strategy that takes a deadline gets ${fmt(DEADLINE)} ms. Load: node:http clients, one keep-alive \`Agent\` with one socket each; a request counts as *failed after write* when it failed (ECONNRESET, socket hang up, EPIPE) after its bytes were written to the socket ('finish'), and as *refused* when a new connection got ECONNREFUSED (clean, retryable). After SIGTERM clients continue until refused or for at most ${fmt(after)} ms. *Time to stop* runs from the signal's arrival in the server to its listener and last connection being closed, measured in the server process. In the idle test each socket gets one answer, then all ${fmt(IDLE_SOCKETS)} sit idle ${fmt(IDLE_SETTLE)} ms before the signal, longer than berth's 1 s idle grace (the keepAliveTimeout of 30 s keeps them open for every strategy). Strategies run in rotating order. The cluster rows run berth's built CLI, \`berth serve\` of the same application as a module (bench/fixtures/drain-app.mjs) with ${WORKERS} workers and berth's defaults throughout (keepAliveTimeout too), and read its own log: the port from \`workers ready\`, the reload's duration from \`reload complete in N ms\` (SIGHUP to every new worker ready and every old one drained), the drain's from \`shutdown complete in N ms\`.`,
-      tables: [drainTable, idleTable, clusterTable],
+      tables: [
+        ...(parts.has('load') ? [drainTable] : []),
+        ...(parts.has('idle') ? [idleTable] : []),
+        ...(parts.has('cluster') ? [clusterTable] : []),
+      ],
       notes,
     };
   },

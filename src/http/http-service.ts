@@ -304,6 +304,13 @@ export class HttpService implements Service {
 
   /** A cleartext HTTP/2 server (prior knowledge): every connection is a session. */
   readonly #h2c: boolean;
+  /** Under TLS an HTTP socket is a TLS socket over the accepted one: two sockets to track. */
+  readonly #tls: boolean;
+  /**
+   * The one 'close' listener of every socket tracked, shared rather than a closure (or a `once`
+   * wrapper) per socket: Node calls it with the socket as `this`.
+   */
+  readonly #onSocketClose: (this: TrackedSocket) => void;
   #draining = false;
   #activity: ActivitySink | undefined;
   #count = 0;
@@ -393,9 +400,14 @@ export class HttpService implements Service {
     }
     if (maxConnections !== undefined) server.maxConnections = maxConnections;
 
+    const closed = (socket: TrackedSocket) => this.#socketClosed(socket);
+    this.#onSocketClose = function (this: TrackedSocket) {
+      closed(this);
+    };
     server.on('connection', (socket: Socket) => this.#onConnection(socket));
     // Under TLS the HTTP layer works on the TLS socket, which exists only after the handshake.
-    const httpConnectionEvent = server instanceof TlsServer ? 'secureConnection' : 'connection';
+    this.#tls = server instanceof TlsServer;
+    const httpConnectionEvent = this.#tls ? 'secureConnection' : 'connection';
     server.on(httpConnectionEvent, (socket: Socket) => this.#onHttpSocket(socket));
     server.on('session', (session: http2.ServerHttp2Session) => this.#onSession(session));
     server.on('drop', () => this.#dropped++);
@@ -603,10 +615,33 @@ export class HttpService implements Service {
   #onConnection(socket: Socket): void {
     this.#count++;
     this.#connections.add(socket);
-    socket.once('close', () => {
-      this.#connections.delete(socket);
-      this.#lifecycle.poke();
-    });
+    socket.on('close', this.#onSocketClose);
+  }
+
+  /**
+   * A tracked socket closed: its client left, Node closed it, or it was destroyed. One that the
+   * drain reaped was untracked already (`#reap`), and this finds nothing to do.
+   */
+  #socketClosed(socket: TrackedSocket): void {
+    const state = socket[kState];
+    if (state) {
+      if (state.idleTimer !== undefined) clearTimeout(state.idleTimer);
+      this.#httpSockets.delete(socket);
+    }
+    if (this.#connections.delete(socket)) this.#lifecycle.poke();
+  }
+
+  /**
+   * Destroys an idle HTTP/1 socket and stops tracking it there and then, not at its 'close'
+   * event: libuv closes the descriptor during `destroy()` (the event only reports it, a turn
+   * later), which is also when `net.Server` counts a connection gone. Returns true when that
+   * ended a tracked connection: the caller pokes the lifecycle, once for a batch. Under TLS the
+   * accepted socket underneath is untracked at its own 'close'.
+   */
+  #reap(socket: TrackedSocket): boolean {
+    socket.destroy();
+    this.#httpSockets.delete(socket);
+    return this.#connections.delete(socket);
   }
 
   #onHttpSocket(socket: TrackedSocket): void {
@@ -622,10 +657,8 @@ export class HttpService implements Service {
       bytesAtIdle: socket.bytesRead,
     };
     this.#httpSockets.add(socket);
-    socket.once('close', () => {
-      clearTimeout(socket[kState]!.idleTimer);
-      this.#httpSockets.delete(socket);
-    });
+    // Without TLS this is the accepted socket, whose listener #onConnection added already.
+    if (this.#tls) socket.on('close', this.#onSocketClose);
     // A connection that raced the listener's close is served like the rest: idle grace first.
     if (this.#draining) this.#startIdleGrace(socket);
   }
@@ -711,22 +744,27 @@ export class HttpService implements Service {
   /**
    * Sockets idle for longer than the grace when the drain began: one pass closes them all after
    * a whole event-loop turn (two immediates: the next poll phase reads whatever the kernel holds
-   * for them), leaving the grace to any that received bytes meanwhile.
+   * for them), leaving the grace to any that received bytes meanwhile. They are untracked in the
+   * same pass and the lifecycle is poked once, so the drain ends with the pass, not 5,000
+   * 'close' events later.
    */
   #closeLongIdle(sockets: TrackedSocket[]): void {
     setImmediate(() =>
       setImmediate(() => {
+        let reaped = false;
         for (const socket of sockets) {
           const state = socket[kState]!;
           if (state.inflight > 0 || socket.destroyed) continue;
-          if (socket.bytesRead !== state.bytesAtIdle) {
+          const bytesRead = socket.bytesRead;
+          if (bytesRead !== state.bytesAtIdle) {
             state.idleSince = performance.now();
-            state.bytesAtIdle = socket.bytesRead;
+            state.bytesAtIdle = bytesRead;
             this.#startIdleGrace(socket);
-          } else {
-            socket.destroy();
+          } else if (this.#reap(socket)) {
+            reaped = true;
           }
         }
+        if (reaped) this.#lifecycle.poke();
       }),
     );
   }
@@ -752,7 +790,7 @@ export class HttpService implements Service {
         this.#startIdleGrace(socket);
         return;
       }
-      socket.destroy();
+      if (this.#reap(socket)) this.#lifecycle.poke();
     }, wait);
   }
 
