@@ -289,6 +289,32 @@ test('an upgraded connection that ignores its signal is destroyed at the deadlin
   await once(socket, 'close');
 });
 
+test('an Upgrade on a keep-alive socket in its idle grace is left to its handler until the deadline', async (t) => {
+  const { service, port } = await startHttp(t, {
+    idleGrace: 200,
+    keepAliveTimeout: 60_000,
+    // A handler that finishes its work before it honours the signal: it ends the socket itself.
+    upgrade: (_req, socket) => {
+      socket.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n');
+      setTimeout(() => socket.end('bye'), 800);
+    },
+  });
+  const socket = await connect(t, port);
+  socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+  await once(socket, 'data');
+  const t0 = performance.now();
+  const closing = service.close({ timeout: 3_000 });
+  await sleep(50); // inside the socket's idle grace
+  const said = readAll(socket);
+  socket.write('GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n');
+  const text = await said;
+  const closedAfter = performance.now() - t0;
+  assert.match(text, /^HTTP\/1\.1 101 /);
+  assert.match(text, /bye$/, 'the handler ended the socket, not the drain');
+  assert.ok(closedAfter >= 800, `closed after ${Math.round(closedAfter)} ms, before its handler`);
+  await closing;
+});
+
 test('without an upgrade handler an Upgrade request is an ordinary request, as in Node', async (t) => {
   const { port } = await startHttp(t);
   const reply = await new Promise<string>((resolve, reject) => {

@@ -673,8 +673,14 @@ export class HttpService implements Service {
   }
 
   #onUpgrade(socket: Duplex): void {
-    // The socket leaves the HTTP layer: it is no longer a keep-alive socket to reap.
+    // The socket leaves the HTTP layer: it is no longer a keep-alive socket to reap, and an idle
+    // grace that was running for it (an Upgrade sent during the drain) must not reap it either.
     this.#httpSockets.delete(socket as TrackedSocket);
+    const state = (socket as TrackedSocket)[kState];
+    if (state?.idleTimer !== undefined) {
+      clearTimeout(state.idleTimer);
+      state.idleTimer = undefined;
+    }
     this.#upgraded.add(socket);
     // An open WebSocket is activity for as long as it stays open.
     const activity = this.#activity?.begin();
@@ -754,7 +760,7 @@ export class HttpService implements Service {
         let reaped = false;
         for (const socket of sockets) {
           const state = socket[kState]!;
-          if (state.inflight > 0 || socket.destroyed) continue;
+          if (state.inflight > 0 || socket.destroyed || !this.#httpSockets.has(socket)) continue;
           const bytesRead = socket.bytesRead;
           if (bytesRead !== state.bytesAtIdle) {
             state.idleSince = performance.now();
@@ -781,7 +787,7 @@ export class HttpService implements Service {
     const wait = Math.max(1, this.#idleGrace - (performance.now() - state.idleSince));
     state.idleTimer = setTimeout(() => {
       state.idleTimer = undefined;
-      if (state.inflight > 0 || socket.destroyed) return;
+      if (state.inflight > 0 || socket.destroyed || !this.#httpSockets.has(socket)) return;
       // Bytes arrived: a request is being received. Give it a whole grace from now; its
       // response carries Connection: close and ends the connection.
       if (socket.bytesRead !== state.bytesAtIdle) {
