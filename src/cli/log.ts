@@ -3,13 +3,21 @@
  * library emits events; this module is where they become one log line each.
  */
 
+import { createRequire } from 'node:module';
 import { pino } from 'pino';
-import pretty from 'pino-pretty';
 import type { WorkerPool } from '../cluster/worker-pool.js';
 import type { RunResult, ServiceGroup } from '../runner/service-group.js';
 import type { LogLevel } from './flags.js';
 
 export type Logger = pino.Logger;
+
+/**
+ * pino-pretty, loaded only for a terminal: it costs about 20 ms of start-up, and a service under
+ * a supervisor or in a container logs to a pipe (the startup benchmark, bench/notes/startup.md).
+ */
+function loadPretty(): typeof import('pino-pretty') {
+  return createRequire(import.meta.url)('pino-pretty') as typeof import('pino-pretty');
+}
 
 /**
  * A logger on stdout, or on stderr (`toStderr`) when stdout is not ours: in inetd style it is
@@ -23,7 +31,7 @@ export function createLogger(level: LogLevel, { toStderr = false } = {}): Logger
     // second signal exits the process at once.
     return pino(
       options,
-      pretty({
+      loadPretty()({
         sync: true,
         colorize: true,
         singleLine: true,
