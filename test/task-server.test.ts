@@ -3,10 +3,13 @@
 import assert from 'node:assert/strict';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { createServer as createTlsServer, connect as tlsConnect } from 'node:tls';
 import { Registry } from 'prom-client';
 import {
   ClientFrame,
@@ -30,7 +33,7 @@ import {
   RawPeer,
   startTaskServer,
 } from './fixtures/task-helpers.js';
-import { waitFor } from './helpers.js';
+import { FIXTURES, waitFor } from './helpers.js';
 
 function isTaskError(code: number, message?: RegExp) {
   return (err: unknown) => {
@@ -716,4 +719,24 @@ test('a client idle for a second lets go of its decoder and outbox, and gets the
   assert.equal(big[599_999], 8);
   assert.ok(server.clients()[0]!.stats.bytesOut > before + 600_000);
   assert.equal(server.numClients, 1);
+});
+
+test('the task protocol over TLS: a TaskServer on a tls.Server, a TaskClient over a TLS socket', async (t) => {
+  const key = readFileSync(join(FIXTURES, 'tls', 'key.pem'));
+  const cert = readFileSync(join(FIXTURES, 'tls', 'cert.pem'));
+  const { server, port } = await startTaskServer(
+    t,
+    { server: createTlsServer({ key, cert }) },
+    (s) => registerDemoTasks(s),
+  );
+  const socket = tlsConnect({ port, host: '127.0.0.1', ca: cert, servername: 'localhost' });
+  await once(socket, 'secureConnect');
+  const client = await TaskClient.connect({ socket });
+  t.after(() => client.destroy());
+  assert.equal((await client.call(1, 'sealed')).toString(), 'sealed');
+  assert.equal((await client.call('bytes', '300000')).length, 300_000);
+  assert.equal(server.numClients, 1);
+  assert.match(server.clients()[0]!.toString(), /^127\.0\.0\.1:\d+->127\.0\.0\.1:\d+$/);
+  await server.close({ timeout: 2_000 });
+  assert.equal(server.numClients, 0);
 });

@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { addAbortListener, once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { type AddressInfo, createServer, connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { test } from 'node:test';
+import { createServer as createTlsServer, connect as tlsConnect } from 'node:tls';
 import { Registry } from 'prom-client';
 import {
   AddressInUseError,
@@ -308,6 +309,28 @@ test('serves an existing net.Server, listening or not', async (t) => {
   t.after(() => adopted.destroy());
   await adopted.start();
   assert.equal(adopted.stats.listening, 1);
+});
+
+test('serves a tls.Server: handlers get the decrypted stream; a close ends handshakes not yet done', async (t) => {
+  const key = readFileSync(join(FIXTURES, 'tls', 'key.pem'));
+  const cert = readFileSync(join(FIXTURES, 'tls', 'cert.pem'));
+  const { service, port } = await startService(t, { server: createTlsServer({ key, cert }) });
+  const secure = tlsConnect({ port, host: '127.0.0.1', ca: cert, servername: 'localhost' });
+  t.after(() => secure.destroy());
+  await once(secure, 'secureConnect');
+  secure.write('over tls');
+  assert.equal(await nextData(secure), 'over tls');
+  assert.equal(service.stats.count, 1);
+  assert.equal(service.stats.busy, 1);
+  // A client that connected but never began its handshake: it has sent nothing to lose.
+  const silent = await connect(t, port);
+  const silentClosed = once(silent, 'close');
+  await sleep(50);
+  const said = readAll(secure);
+  await service.close({ timeout: 2_000 }); // would reject at the deadline were it waited for
+  await silentClosed;
+  assert.equal(await said, '', 'the echo handler ended its TLS stream when told to close');
+  assert.equal(service.stats.count, 1, 'a connection counts once its handshake is done');
 });
 
 test('listens on an fd passed by a parent process', async (t) => {

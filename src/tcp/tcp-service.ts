@@ -7,6 +7,7 @@
 import { channel } from 'node:diagnostics_channel';
 import { createServer, Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { Server as TlsServer } from 'node:tls';
 import type { Registry } from 'prom-client';
 import {
   ServiceClosingError,
@@ -259,6 +260,12 @@ export class TcpService implements Service {
   /** Aborted once the service starts closing; what `ctx.signal` becomes after that. */
   readonly #closing = new AbortController();
   readonly #connections = new ConnectionList();
+  /**
+   * Under TLS: accepted sockets whose handshake has not finished. A handler runs on the TLS
+   * socket ('secureConnection'); until then the connection is only this, and its client has sent
+   * no data yet, so a close ends it at once, as the closed listener refuses a new one.
+   */
+  readonly #handshaking: Set<Socket> | undefined;
   readonly #lifecycle: Lifecycle;
 
   #busy = 0;
@@ -306,7 +313,26 @@ export class TcpService implements Service {
 
     this.#server = server ?? createServer();
     if (Number.isFinite(maxConnections)) this.#server.maxConnections = maxConnections;
-    this.#server.on('connection', (socket: Socket) => this.#onConnection(socket));
+    if (this.#server instanceof TlsServer) {
+      const handshaking = new Set<Socket>();
+      this.#handshaking = handshaking;
+      this.#server.on('connection', (raw: Socket) => {
+        raw.on('error', noop);
+        handshaking.add(raw);
+        raw.on('close', () => {
+          if (handshaking.delete(raw)) this.#lifecycle.poke();
+        });
+      });
+      this.#server.on('secureConnection', (socket: Socket) => {
+        // The accepted socket under a TLS socket is its `_parent` (Node's own name, long stable);
+        // if that ever changes, the entry goes at the accepted socket's 'close' instead.
+        const raw = (socket as Socket & { _parent?: Socket })._parent;
+        if (raw) handshaking.delete(raw);
+        this.#onConnection(socket);
+      });
+    } else {
+      this.#server.on('connection', (socket: Socket) => this.#onConnection(socket));
+    }
     this.#server.on('drop', () => this.#dropped++);
     this.#lifecycle = new Lifecycle(
       () => this.#isIdle(),
@@ -379,7 +405,7 @@ export class TcpService implements Service {
       const reason = error ?? new ServiceDestroyedError(`${this.name} was destroyed`);
       const live = this.#connections.size + this.#busy;
       this.#abortAll(reason);
-      for (const conn of this.#connections) conn.socket.destroy();
+      this.#destroyAll();
       this.#publishClose(error);
       return error ?? (live > 0 ? reason : undefined);
     });
@@ -394,20 +420,26 @@ export class TcpService implements Service {
     // A start under way finishes first, so there is a listener to close.
     await this.#listener.started();
     this.#listener.stop();
+    if (this.#handshaking) for (const raw of this.#handshaking) raw.destroy();
     this.#abortAll(new ServiceClosingError(`${this.name} is closing`));
     const finished = await this.#lifecycle.waitUntilIdle(timeout);
     let error: Error | undefined;
     if (!finished) {
       const remaining = this.#connections.size;
       error = new ShutdownTimeoutError(this.name, timeout, Math.max(remaining, this.#busy));
-      for (const conn of this.#connections) conn.socket.destroy();
+      this.#destroyAll();
     }
     this.#publishClose(error);
     return error;
   }
 
   #isIdle(): boolean {
-    return this.#busy === 0 && this.#connections.size === 0;
+    return this.#busy === 0 && this.#connections.size === 0 && !this.#handshaking?.size;
+  }
+
+  #destroyAll(): void {
+    for (const conn of this.#connections) conn.socket.destroy();
+    if (this.#handshaking) for (const raw of this.#handshaking) raw.destroy();
   }
 
   #abortAll(reason: Error): void {
