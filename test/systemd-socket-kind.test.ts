@@ -104,6 +104,7 @@ test('real descriptors: IPv6', async (t) => {
   try {
     server = await listening(t, { port: 0, host: '::1' });
   } catch {
+    // Some CI containers have no ::1 at all; the IPv4 and unix cases still cover the parser.
     t.skip('no IPv6 loopback on this machine');
     return;
   }

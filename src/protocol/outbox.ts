@@ -90,8 +90,8 @@ export interface OutboxOptions {
   maxFramePayload: number;
   /** Told when the socket's buffer fills (true) and drains (false). */
   onBlocked?: (blocked: boolean) => void;
-  /** Objects whose `bytesOut` counts what is written. */
-  counters?: { bytesOut: number }[];
+  /** A counter shared with other outboxes (the server's total), told what is written too. */
+  total?: { bytesOut: number };
 }
 
 /** A round-robin queue of streams with frames to send. */
@@ -124,7 +124,7 @@ export class Outbox {
   readonly #encoder: FrameEncoder;
   readonly #frameSize: number;
   readonly #onBlocked: ((blocked: boolean) => void) | undefined;
-  readonly #counters: { bytesOut: number }[];
+  readonly #total: { bytesOut: number } | undefined;
   readonly #ring = new Ring();
   #scheduled = false;
   #continuing = false;
@@ -140,7 +140,7 @@ export class Outbox {
     this.#encoder = new FrameEncoder(options.byteOrder);
     this.#frameSize = Math.min(options.maxFramePayload, STREAM_FRAME_SIZE);
     this.#onBlocked = options.onBlocked;
-    this.#counters = options.counters ?? [];
+    this.#total = options.total;
     socket.on('drain', this.#drainListener);
   }
 
@@ -277,7 +277,7 @@ export class Outbox {
       socket.uncork();
     }
     this.bytesOut += bytes;
-    for (const c of this.#counters) c.bytesOut += bytes;
+    if (this.#total) this.#total.bytesOut += bytes;
     if (!ok && !this.#blocked) {
       this.#blocked = true;
       this.blockedSince = performance.now();

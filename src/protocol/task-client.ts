@@ -292,7 +292,8 @@ export class TaskClient {
   #userCalls = 0;
   #callsTotal = 0;
   #bytesIn = 0;
-  readonly #written = { bytesOut: 0 };
+  /** The hello's bytes; the outbox counts the rest. */
+  #helloBytes = 0;
   #lastActivity = performance.now();
   /** A call was sent since the watchdog last looked (counts as activity for the keep-alive). */
   #sentSinceCheck = false;
@@ -467,7 +468,7 @@ export class TaskClient {
         maxFramePayload: options.maxFramePayload,
         initialWindow: options.window,
       });
-      this.#written.bytesOut += hello.length;
+      this.#helloBytes = hello.length;
       socket.write(hello);
     });
   }
@@ -484,7 +485,6 @@ export class TaskClient {
     this.#outbox = new Outbox(socket, {
       byteOrder: this.#byteOrder,
       maxFramePayload: hello.maxFramePayload,
-      counters: [this.#written],
     });
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('error', (err: Error) => {
@@ -547,7 +547,7 @@ export class TaskClient {
       callsQueued: this.#queue.length,
       callsTotal: this.#callsTotal,
       bytesIn: this.#bytesIn,
-      bytesOut: this.#written.bytesOut,
+      bytesOut: this.#helloBytes + (this.#outbox?.bytesOut ?? 0),
     };
   }
 

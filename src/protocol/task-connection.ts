@@ -641,7 +641,7 @@ export class TaskConnection {
       byteOrder: this.#byteOrder!,
       maxFramePayload: this.#peerMaxFrame,
       onBlocked: (blocked) => this.#setPause(PAUSE_BLOCKED, blocked),
-      counters: [this.#core.counters],
+      total: this.#core.counters,
     });
     // Made after the end (a task answering late): closed like the one it would have been.
     if (this.#state >= CLOSING) this.#outbox.close();
