@@ -17,12 +17,13 @@
 
 import { fork } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { writeHeapSnapshot } from 'node:v8';
-import { TaskClient, TaskServer } from '../../src/index.js';
+import { TaskServer } from '../../src/index.js';
+import { openIdle } from '../load/task-drivers.js';
 
 const { values } = parseArgs({
   options: {
@@ -40,27 +41,11 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 // --- the child: opens the clients, holds them until told, then exits --------------------------
 
 if (values.client !== undefined) {
-  const port = Number(values.client);
-  const berth: TaskClient[] = [];
-  const raw: Socket[] = [];
-  for (let i = 0; i < n; i++) {
-    if (values.raw) {
-      const s = connect(port, '127.0.0.1');
-      await new Promise<void>((resolve) => {
-        s.once('data', () => resolve());
-        s.write(Buffer.alloc(64, 'x'));
-      });
-      raw.push(s);
-    } else {
-      const c = await TaskClient.connect({ host: '127.0.0.1', port });
-      if (values.task) await c.call(1, Buffer.alloc(64, 'x'));
-      berth.push(c);
-    }
-  }
+  // The suite's own idle clients (bench/load/task-drivers.ts), so both measure the same thing.
+  const idle = await openIdle(values.raw ? 'raw' : 'berth', Number(values.client), n, values.task);
   process.send!('open');
-  process.once('message', () => {
-    for (const c of berth) c.destroy();
-    for (const s of raw) s.destroy();
+  process.once('message', async () => {
+    await idle.close();
     process.exit(0);
   });
 } else {
