@@ -79,12 +79,22 @@ export class ServiceDestroyedError extends BerthError {
 /** A graceful close ran out of time; what was still live was destroyed. */
 export class ShutdownTimeoutError extends BerthError {
   static override readonly code = 'ERR_BERTH_SHUTDOWN_TIMEOUT';
-  /** How many connections (or streams, tasks) were still live and were destroyed. */
-  readonly remaining: number;
+  /**
+   * How many connections (or streams, tasks) were still live and were destroyed; undefined when
+   * the runner destroyed a service whose own `close()` did not settle by its deadline.
+   */
+  readonly remaining: number | undefined;
 
-  constructor(service: string, timeout: number, remaining: number, options?: BerthErrorOptions) {
+  constructor(
+    service: string,
+    timeout: number,
+    remaining: number | undefined,
+    options?: BerthErrorOptions,
+  ) {
     super(
-      `${service}: close timed out after ${timeout} ms; destroyed ${remaining} live connection(s)`,
+      remaining === undefined
+        ? `${service}: close() had not settled by its ${timeout} ms deadline; destroyed it`
+        : `${service}: close timed out after ${timeout} ms; destroyed ${remaining} live connection(s)`,
       options,
     );
     this.remaining = remaining;

@@ -203,6 +203,36 @@ test('the shutdown deadline destroys a hung handler and exits 1', async (t) => {
   await once(client, 'close');
 });
 
+test("a service of the user's whose close() never settles is destroyed after the deadline", {
+  timeout: 10_000, // without the runner's backstop, run() would never return
+}, async (t) => {
+  const calls: string[] = [];
+  const stuck: Service = {
+    name: 'stuck',
+    stats: {},
+    async start() {},
+    close: () => new Promise<void>(() => calls.push('close')), // never settles
+    async destroy(err) {
+      calls.push(`destroy: ${err?.message}`);
+    },
+  };
+  const { group: g, stop } = group(t, { services: [stuck], shutdownTimeout: 200 });
+  const running = g.run();
+  await once(g, 'started');
+  const t0 = performance.now();
+  stop();
+  const result = await running;
+  assert.ok(performance.now() - t0 < 2_000, 'run() returned, bounded');
+  assert.equal(result.exitCode, 1);
+  const outcome = result.services.find((s) => s.name === 'stuck');
+  assert.ok(outcome?.error instanceof ShutdownTimeoutError);
+  assert.equal(outcome.error.remaining, undefined);
+  assert.deepEqual(calls, [
+    'close',
+    'destroy: stuck: close() had not settled by its 200 ms deadline; destroyed it',
+  ]);
+});
+
 test('hooks are bounded: one that never returns is cut off and recorded', async (t) => {
   const { group: g, stop } = group(t, {
     services: [httpService('app')],

@@ -16,7 +16,12 @@ import {
   DiagnosticsServer,
   type DiagnosticsServerOptions,
 } from '../diagnostics/diagnostics-server.js';
-import { HookTimeoutError, InvalidOptionError, StartFailedError } from '../errors.js';
+import {
+  HookTimeoutError,
+  InvalidOptionError,
+  ShutdownTimeoutError,
+  StartFailedError,
+} from '../errors.js';
 import { IdleTracker } from '../idle/idle-tracker.js';
 import {
   describe,
@@ -172,14 +177,20 @@ function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** Settles with `run()`'s outcome, or rejects with HookTimeoutError after `ms`. */
-async function bounded(name: string, ms: number, run: () => unknown): Promise<void> {
+/**
+ * A service's `close({ timeout })` settles at its deadline on its own (berth's do); one that has
+ * not this long after it is destroyed by the runner, which goes on.
+ */
+const CLOSE_BACKSTOP_MS = 500;
+
+/** Settles with `run()`'s outcome, or rejects with `expired()` after `ms`. */
+async function bounded(ms: number, run: () => unknown, expired: () => Error): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   try {
     await Promise.race([
       Promise.resolve().then(run),
       new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new HookTimeoutError(name, ms)), ms);
+        timer = setTimeout(() => reject(expired()), ms);
       }),
     ]);
   } finally {
@@ -479,7 +490,7 @@ export class ServiceGroup extends EventEmitter<ServiceGroupEvents> {
     const runHook = async (name: string, hook: (() => unknown) | undefined) => {
       if (!hook) return;
       try {
-        await bounded(name, this.#hookTimeout, hook);
+        await bounded(this.#hookTimeout, hook, () => new HookTimeoutError(name, this.#hookTimeout));
       } catch (err) {
         hookErrors.push(err as Error);
         this.emit('hook-error', err as Error);
@@ -526,10 +537,23 @@ export class ServiceGroup extends EventEmitter<ServiceGroupEvents> {
   async #closeOne(service: Service, timeout: number): Promise<ServiceOutcome> {
     if (this.#derived.has(service)) this.#derived.set(service, 'draining');
     let error: Error | undefined;
+    const backstop = new ShutdownTimeoutError(service.name, timeout, undefined);
     try {
-      await service.close({ timeout });
+      await bounded(
+        timeout + CLOSE_BACKSTOP_MS,
+        () => service.close({ timeout }),
+        () => backstop,
+      );
     } catch (err) {
       error = err as Error;
+    }
+    if (error === backstop) {
+      // Bounded too: a destroy that hangs must not hold the runner either.
+      await bounded(
+        CLOSE_BACKSTOP_MS,
+        () => service.destroy(backstop),
+        () => backstop,
+      ).catch(() => {});
     }
     if (this.#derived.has(service)) this.#derived.set(service, 'closed');
     const outcome: ServiceOutcome = {
