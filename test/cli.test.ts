@@ -8,7 +8,7 @@ import http from 'node:http';
 import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
-import { TaskClient } from '../src/index.js';
+import { TaskClient, type TaskError } from '../src/index.js';
 import {
   type Child,
   connect,
@@ -267,6 +267,30 @@ test('berth serve runs the services a factory returns, on --port from env PORT',
   const raw = await connect(t, ports.raw!);
   assert.equal(await readAll(raw), 'factory raw\n');
   assert.equal((await get(ports.diagnostics!, '/ready')).status, 200);
+  child.proc.kill('SIGTERM');
+  assert.equal(await exitWithin(child, 10_000), 0);
+});
+
+test('berth serve logs what application code throws: a request handler, a task', async (t) => {
+  const child = berth(t, ['serve', join(FIXTURES, 'serve-failing.mjs'), ...EPHEMERAL]);
+  const ports = await started(child);
+  assert.equal((await get(ports.web!, '/')).status, 500);
+  const client = await TaskClient.connect({ host: '127.0.0.1', port: ports.jobs! });
+  t.after(() => client.destroy());
+  await assert.rejects(client.call(1, ''), (err: TaskError) => err.errorCode === 205);
+  const handler = JSON.parse(await child.line(/"msg":"web: handler failed"/)) as {
+    level: number;
+    err: { message: string; stack: string };
+  };
+  assert.equal(handler.level, 50);
+  assert.equal(handler.err.message, 'handler bug');
+  assert.match(handler.err.stack, /serve-failing\.mjs/);
+  const task = JSON.parse(await child.line(/"msg":"jobs: task 1 failed/)) as {
+    err: { message: string };
+    client: string;
+  };
+  assert.equal(task.err.message, 'task bug');
+  assert.match(task.client, /127\.0\.0\.1\]?:\d+->/, 'which client: remote->local');
   child.proc.kill('SIGTERM');
   assert.equal(await exitWithin(child, 10_000), 0);
 });

@@ -3,6 +3,7 @@
  * library emits events; this module is where they become one log line each.
  */
 
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { createRequire } from 'node:module';
 import { pino } from 'pino';
 import type { WorkerPool } from '../cluster/worker-pool.js';
@@ -48,12 +49,62 @@ function errorFields(error: Error | undefined): object {
   return { err: { code: coded.code, message: error.message } };
 }
 
+/**
+ * What the services publish that an operator must see or may want to: a handler or task that
+ * threw (a bug in the application: error), a client that broke the task protocol or ran out a
+ * timeout (counted in the metrics; debug, as any client can cause them). Subscribed while the
+ * group runs.
+ */
+const ERROR_LINES: readonly {
+  channel: string;
+  level: 'error' | 'debug';
+  msg: (m: { service: string; error?: unknown; code?: number; timeout?: string }) => string;
+}[] = [
+  { channel: 'berth:tcp:error', level: 'error', msg: (m) => `${m.service}: handler failed` },
+  { channel: 'berth:http:error', level: 'error', msg: (m) => `${m.service}: handler failed` },
+  {
+    channel: 'berth:task:error',
+    level: 'error',
+    msg: (m) => `${m.service}: task ${m.code} failed (answered Error 205 internal)`,
+  },
+  {
+    channel: 'berth:task:protocol-error',
+    level: 'debug',
+    msg: (m) => `${m.service}: client broke the protocol`,
+  },
+  {
+    channel: 'berth:task:timeout',
+    level: 'debug',
+    msg: (m) => `${m.service}: client ${m.timeout} timeout`,
+  },
+];
+
+function logServiceErrors(group: ServiceGroup, log: Logger): void {
+  const listeners = ERROR_LINES.map(({ channel, level, msg }) => {
+    const listener = (message: unknown) => {
+      const m = message as Parameters<typeof msg>[0] & { client?: { toString(): string } };
+      const fields = {
+        service: m.service,
+        ...(m.client ? { client: String(m.client) } : {}),
+        ...(m.error instanceof Error ? { err: m.error } : {}),
+      };
+      log[level](fields, msg(m));
+    };
+    subscribe(channel, listener);
+    return { channel, listener };
+  });
+  group.once('stopped', () => {
+    for (const { channel, listener } of listeners) unsubscribe(channel, listener);
+  });
+}
+
 /** One line for each step of the group's life: started, signal, draining, closed, complete. */
 export function logGroup(
   group: ServiceGroup,
   log: Logger,
   settings: { shutdownTimeout: number; drainDelay: number },
 ): void {
+  logServiceErrors(group, log);
   group.on('started', ({ services }) => {
     log.info(
       { services },
