@@ -195,6 +195,25 @@ test('launcher: --workers 2 on an adopted fd: the primary holds it, the workers 
   assert.equal(await exitWithin(child, 15_000), 0);
 });
 
+test('launcher: --workers 2 with --listen-fd by position, past the diagnostics fd the primary keeps', async (t) => {
+  const diag = await listener(t);
+  const web = await listener(t);
+  const child = launch(
+    t,
+    'systemd-cli',
+    ['demo', '--workers', '2', '--listen-fd', '1', '--tcp-port', '0', '--task-port', '0'],
+    { fds: [diag, web], names: 'diagnostics:web' },
+  );
+  await child.line(/"msg":"workers ready: 2 x http 127\.0\.0\.1:\d+/, 30_000);
+  const [diagPort, webPort] = [portOf(diag), portOf(web)];
+  diag.close();
+  web.close();
+  assert.equal(await get(webPort, '/hello'), 'Hello world.\n');
+  assert.match(await get(diagPort, '/ready'), /^Version: /);
+  child.proc.kill('SIGTERM');
+  assert.equal(await exitWithin(child, 15_000), 0);
+});
+
 // --- the real systemd-socket-activate -------------------------------------------------------------
 
 test('systemd-socket-activate: listen mode, the demo on a named fd', {

@@ -119,7 +119,9 @@ async function runClustered(
   // The workers listen on the fds the primary adopted: Node's cluster makes the primary, which
   // holds them, accept for the workers.
   const forWorkers = placement.unused();
-  if (forWorkers.length > 0) process.env[INHERITED_FDS_ENV] = encodeFds(forWorkers);
+  if (forWorkers.length > 0) {
+    process.env[INHERITED_FDS_ENV] = encodeFds(forWorkers, placement.main);
+  }
   const { group, pool } = createClusterPrimary({
     size: flags.workers,
     diagnostics: { ...diagnostics, version },

@@ -20,6 +20,8 @@ export const MAIN_SERVICE = 'http';
 export interface Placement {
   /** The listening fds the service manager passed (empty when none). */
   fds: readonly ListenFd[];
+  /** The fd `--listen-fd` chose for the main service, once resolved. */
+  main: ListenFd | undefined;
   /** The one connection to serve, and the service that serves it, in Accept=yes/inetd mode. */
   oneConnection: { socket: Socket; service: string } | undefined;
   /**
@@ -31,19 +33,28 @@ export interface Placement {
   unused(): ListenFd[];
 }
 
-/** `3:http,4:echo` ↔ ListenFd[]: how a primary passes adopted fds on to its workers. */
-export function encodeFds(fds: readonly ListenFd[]): string {
-  return fds.map((f) => `${f.fd}:${f.name}`).join(',');
+/**
+ * `3:http,*4:web` ↔ ListenFd[]: how a primary passes adopted fds on to its workers. `*` marks the
+ * fd `--listen-fd` chose: the primary resolves it, since positions in the list it passes on are
+ * not the service manager's (it keeps the diagnostics fd).
+ */
+export function encodeFds(fds: readonly ListenFd[], main?: ListenFd): string {
+  return fds.map((f) => `${f.fd === main?.fd ? '*' : ''}${f.fd}:${f.name}`).join(',');
 }
 
-export function decodeFds(text: string): ListenFd[] {
-  return text
+export function decodeFds(text: string): { fds: ListenFd[]; main: ListenFd | undefined } {
+  let main: ListenFd | undefined;
+  const fds = text
     .split(',')
     .filter(Boolean)
     .map((part) => {
+      const marked = part.startsWith('*');
       const at = part.indexOf(':');
-      return { fd: Number(part.slice(0, at)), name: part.slice(at + 1) };
+      const fd = { fd: Number(part.slice(marked ? 1 : 0, at)), name: part.slice(at + 1) };
+      if (marked) main = fd;
+      return fd;
     });
+  return { fds, main };
 }
 
 function selector(value: string): string | number {
@@ -55,8 +66,9 @@ function selector(value: string): string | number {
  * In a cluster worker, the primary's fds come through INHERITED_FDS_ENV instead.
  */
 export function placeServices(flags: RunnerFlags, env: NodeJS.ProcessEnv = process.env): Placement {
-  const inherited = env[INHERITED_FDS_ENV];
-  const fds = inherited !== undefined ? decodeFds(inherited) : listenFds({ env });
+  const inherited =
+    env[INHERITED_FDS_ENV] === undefined ? undefined : decodeFds(env[INHERITED_FDS_ENV]);
+  const fds = inherited ? inherited.fds : listenFds({ env });
   const taken = new Set<number>();
 
   let oneConnection: Placement['oneConnection'];
@@ -80,8 +92,9 @@ export function placeServices(flags: RunnerFlags, env: NodeJS.ProcessEnv = proce
   }
 
   // `--listen-fd` names the HTTP service's fd; a name or position that was not passed is an error.
-  let main: ListenFd | undefined;
-  if (flags.listenFd !== undefined && !oneConnection) {
+  // A worker is told which fd its primary chose.
+  let main: ListenFd | undefined = inherited?.main;
+  if (flags.listenFd !== undefined && !oneConnection && !inherited) {
     try {
       main = selectListenFd(fds, selector(flags.listenFd));
     } catch (err) {
@@ -93,6 +106,7 @@ export function placeServices(flags: RunnerFlags, env: NodeJS.ProcessEnv = proce
 
   return {
     fds,
+    main,
     oneConnection,
     listen<T extends object>(name: string, fallback: T) {
       if (oneConnection)
