@@ -28,6 +28,7 @@ interface Cluster {
   diag: number;
   hangFile: string;
   crashFile: string;
+  slowFile: string;
 }
 
 async function startCluster(t: TestContext, extra: string[] = []): Promise<Cluster> {
@@ -35,6 +36,7 @@ async function startCluster(t: TestContext, extra: string[] = []): Promise<Clust
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const hangFile = join(dir, 'hang');
   const crashFile = join(dir, 'crash');
+  const slowFile = join(dir, 'slow');
   const child = spawnChild(
     t,
     process.execPath,
@@ -61,6 +63,7 @@ async function startCluster(t: TestContext, extra: string[] = []): Promise<Clust
         PORT: '',
         BERTH_TEST_HANG_FILE: hangFile,
         BERTH_TEST_CRASH_FILE: crashFile,
+        BERTH_TEST_SLOW_FILE: slowFile,
       },
     },
   );
@@ -77,6 +80,7 @@ async function startCluster(t: TestContext, extra: string[] = []): Promise<Clust
     diag: portOf(started.services.find((s) => s.name === 'diagnostics')!.address),
     hangFile,
     crashFile,
+    slowFile,
   };
 }
 
@@ -109,8 +113,12 @@ async function workers(diag: number): Promise<WorkerVars[]> {
     .map(([, w]) => w);
 }
 
-/** Closed-loop keep-alive clients until told to stop; collects failures other than clean refusals. */
-function load(port: number, clients: number) {
+/**
+ * Closed-loop keep-alive clients until told to stop; collects failures. A clean refusal of a new
+ * connection ends a client's loop (the listener closed for a drain), unless `refusals` says it
+ * is a failure too (a reload keeps the listener open throughout).
+ */
+function load(port: number, clients: number, { refusals = 'end' as 'end' | 'fail' } = {}) {
   const agent = new http.Agent({ keepAlive: true, maxSockets: clients });
   let stop = false;
   let ok = 0;
@@ -125,7 +133,7 @@ function load(port: number, clients: number) {
         ok++;
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
-        if (code === 'ECONNREFUSED') return;
+        if (code === 'ECONNREFUSED' && refusals === 'end') return;
         failed.push(`${code}: ${(err as Error).message}`);
         return;
       }
@@ -184,13 +192,15 @@ for (let run = 1; run <= 3; run++) {
 test('SIGHUP under load replaces every worker and loses no request', async (t) => {
   const c = await startCluster(t);
   const before = (await workers(c.diag)).map((w) => w.pid);
-  const run = load(c.http, 50);
+  const run = load(c.http, 50, { refusals: 'fail' });
   await sleep(300);
+  const beforeReload = run.ok;
   c.child.proc.kill('SIGHUP');
   await c.child.line(/"msg":"reload complete in \d+ ms"/, 30_000);
   await sleep(300);
   await run.finish();
   assert.deepEqual(run.failed, []);
+  assert.ok(run.ok - beforeReload > 100, `answered during the reload: ${run.ok - beforeReload}`);
   const after = (await workers(c.diag)).map((w) => w.pid);
   assert.equal(after.length, 2);
   for (const pid of after) assert.ok(!before.includes(pid), `worker ${pid} survived the reload`);
@@ -217,6 +227,23 @@ test('a worker that crashes is replaced', async (t) => {
     20_000,
   );
   assert.equal((await get(c.http, '/pid')).status, 200);
+  c.child.proc.kill('SIGTERM');
+  assert.equal(await exitWithin(c.child, 15_000), 0);
+});
+
+test('a worker that crashes during a reload is replaced once: the pool keeps its size', async (t) => {
+  const c = await startCluster(t, ['--ready-timeout', '10s']);
+  writeFileSync(c.slowFile, ''); // new workers take 1.5 s to start: the crash lands mid-reload
+  c.child.proc.kill('SIGHUP');
+  await c.child.line(/"msg":"reload: replacing 2 workers one at a time"/);
+  await sleep(300);
+  await get(c.http, '/crash'); // one of the old workers, the one being replaced or the next
+  await c.child.line(/"msg":"worker \d+ crashed \(exit 3\)/);
+  await c.child.line(/"msg":"reload complete in \d+ ms"/, 30_000);
+  await sleep(2_500); // a second replacement, were one forked, would be ready by now
+  const now = await workers(c.diag);
+  assert.equal(now.length, 2, `workers: ${JSON.stringify(now)}`);
+  assert.ok(now.every((w) => w.state === 'ready' && w.role === 'member'));
   c.child.proc.kill('SIGTERM');
   assert.equal(await exitWithin(c.child, 15_000), 0);
 });

@@ -131,6 +131,13 @@ interface Entry {
   ready: Promise<void>;
   /** Forked by start(): start() reports it if it never gets ready. */
   initial: boolean;
+  /** A reload has a new worker starting in its place: if it crashes, that one replaces it. */
+  replacing?: boolean;
+}
+
+/** Read through a call: a worker's state changes across the awaits of a reload. */
+function hasExited(entry: Entry): boolean {
+  return entry.state === 'exited';
 }
 
 export interface WorkerInfo {
@@ -338,10 +345,16 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> implements Servic
     for (const retiring of old) {
       if (this.#lifecycle.state !== 'ready')
         throw new ReloadError('the pool began closing during the reload');
+      // It crashed before its turn: the crash handler has replaced it already.
+      if (hasExited(retiring)) continue;
+      retiring.replacing = true;
       const fresh = this.#fork('candidate');
       try {
         await this.#waitReady(fresh);
       } catch (err) {
+        retiring.replacing = false;
+        // It crashed while its replacement was failing: nothing else will replace it.
+        if (hasExited(retiring)) this.#replace();
         fresh.worker.process.kill('SIGKILL');
         await fresh.exited;
         const error = new ReloadError(
@@ -354,7 +367,7 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> implements Servic
         throw error;
       }
       fresh.role = 'member';
-      if (retiring.state !== 'exited') await this.#retire(retiring, this.#shutdownTimeout);
+      if (!hasExited(retiring)) await this.#retire(retiring, this.#shutdownTimeout);
     }
     this.#reloads++;
     this.emit('reloaded', { replaced: old.length, duration: Date.now() - started });
@@ -464,17 +477,27 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> implements Servic
       });
       return;
     }
+    if (entry.replacing) {
+      // The reload's new worker, already starting, takes its place; a second would be one too many.
+      this.emit('worker-crashed', { id: entry.worker.id, pid: entry.pid, code, restartIn: 0 });
+      return;
+    }
     const restartIn = Math.min(this.#restartDelay * 2 ** (recent - 1), this.#maxRestartDelay);
     this.emit('worker-crashed', { id: entry.worker.id, pid: entry.pid, code, restartIn });
     const timer = setTimeout(() => {
       this.#restartTimers.delete(timer);
-      const now = this.#lifecycle.state;
-      if (now !== 'ready' && now !== 'starting') return;
-      this.#restarts++;
-      // A replacement that dies before it is ready is one more crash, handled the same way.
-      this.#fork('member');
+      this.#replace();
     }, restartIn);
     this.#restartTimers.add(timer);
+  }
+
+  /** Forks a member in place of one that exited, unless the pool is closing. */
+  #replace(): void {
+    const state = this.#lifecycle.state;
+    if (state !== 'ready' && state !== 'starting') return;
+    this.#restarts++;
+    // A replacement that dies before it is ready is one more crash, handled the same way.
+    this.#fork('member');
   }
 
   #stopRestarts(): void {
