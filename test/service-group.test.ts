@@ -274,7 +274,7 @@ test("a user's own object that meets the contract runs under the group", async (
   assert.equal(g.stateOf(own), 'closed');
 });
 
-test('real signals: the first drains, a second forces (exitOnForce off here)', async (t) => {
+test('real signals: the first drains, a second forces; by default run() resolves, the library does not exit', async (t) => {
   let release: () => void = () => {};
   const tcp = new TcpService({
     name: 'slow',
@@ -290,8 +290,7 @@ test('real signals: the first drains, a second forces (exitOnForce off here)', a
   const g = new ServiceGroup({
     services: [tcp],
     signals: ['SIGUSR2'],
-    exitOnForce: false,
-    shutdownTimeout: 10_000,
+    shutdownTimeout: 10_000, // exitOnForce left at its default: were it to exit, this test would die
   });
   t.after(() => {
     release();

@@ -65,6 +65,7 @@ async function runGroup(
           }),
       shutdownTimeout: flags.shutdownTimeout,
       drainDelay: flags.drainDelay,
+      exitOnForce: true,
       ...(flags.idleTimeout === undefined ? {} : { idleTimeout: flags.idleTimeout }),
     });
   }
@@ -126,6 +127,7 @@ async function runClustered(
     size: flags.workers,
     diagnostics: { ...diagnostics, version },
     readyTimeout: flags.readyTimeout,
+    exitOnForce: true,
     ...settings,
   });
   logGroup(group, log, settings);

@@ -112,9 +112,10 @@ export interface ServiceGroupOptions {
   /** When it aborts, the group shuts down (reason `abort`). */
   signal?: AbortSignal;
   /**
-   * On a second signal, exit the process at once with 128 + the signal's number, after
-   * destroying every service. `false`: destroy and resolve `run()` with reason `forced`.
-   * @default true
+   * On a second signal, after destroying every service: `false` resolves `run()` with reason
+   * `forced` (the library never exits the process on its own); `true` exits at once with 128 + the
+   * signal's number, as the `berth` CLI does, for a process that may be stuck past helping.
+   * @default false
    */
   exitOnForce?: boolean;
   /**
@@ -136,7 +137,7 @@ export const SERVICE_GROUP_DEFAULTS = Object.freeze({
   shutdownTimeout: 5_000, // 5 s, the seed's
   drainDelay: 0, // ms
   hookTimeout: 5_000, // 5 s
-  exitOnForce: true,
+  exitOnForce: false,
 });
 
 const KNOWN_OPTIONS = [
