@@ -529,9 +529,13 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> implements Servic
     // listener, and resets the connections it accepted meanwhile and had not handed over yet.
     // So every worker stops accepting first (new clients are then refused cleanly by the
     // kernel), and only then does any worker tell its keep-alive clients to reconnect.
+    const asked = Date.now();
     const ask = Math.min(timeout, WORKER_POOL_DEFAULTS.askTimeout);
     await Promise.all(live.map((e) => this.#stopAccepting(e, ask)));
-    const codes = await Promise.all(live.map((e) => this.#retire(e, timeout)));
+    // One budget for both steps: the drain gets what the ask left, so a worker slow to answer
+    // does not stretch the whole shutdown past `timeout` (+ exitGrace, then SIGKILL).
+    const left = Math.max(0, timeout - (Date.now() - asked));
+    const codes = await Promise.all(live.map((e) => this.#retire(e, left)));
     const failed = codes.findIndex((code) => code !== 0);
     if (failed === -1) return undefined;
     const entry = live[failed]!;
