@@ -325,17 +325,21 @@ async function httpPort(child: Child): Promise<number> {
   );
 }
 
-test('--idle-timeout 1s: the demo exits 0 about 1 s after its last request ends', async (t) => {
+test('--idle-timeout 1s: the demo exits 0 about 1 s after its last request ends, keep-alive socket open or not', async (t) => {
   const child = demo(t, ['--idle-timeout', '1s']);
   const port = await httpPort(child);
+  // A keep-alive socket stays open after the last request: an idle socket is not activity.
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.after(() => agent.destroy());
   for (let i = 0; i < 3; i++) {
     await sleep(400); // each request restarts the clock
-    await get(port, '/hello');
+    await get(port, '/hello', agent);
   }
   const last = Date.now();
   assert.equal(await exitWithin(child, 10_000), 0);
   const after = Date.now() - last;
   assert.ok(after >= 900, `exited ${after} ms after the last request`);
+  assert.ok(after < 4_000, `exited ${after} ms after the last request: not about 1 s`);
   assert.ok(logs(child).some((l) => l.msg === 'stopping: idle'));
 });
 

@@ -295,6 +295,16 @@ test('berth serve logs what application code throws: a request handler, a task',
   assert.equal(await exitWithin(child, 10_000), 0);
 });
 
+test('berth serve with a ServiceGroup export runs it as it is, and says the runner flags do not apply', async (t) => {
+  const child = berth(t, ['serve', join(FIXTURES, 'serve-group.mjs'), ...EPHEMERAL]);
+  await child.line(/"msg":"the module exports its own ServiceGroup: its settings apply/);
+  const ports = await started(child);
+  assert.deepEqual(Object.keys(ports), ['own'], 'no diagnostics server: the group has none');
+  assert.equal((await get(ports.own!, '/')).body, 'own group\n');
+  child.proc.kill('SIGTERM');
+  assert.equal(await exitWithin(child, 10_000), 0);
+});
+
 test('berth serve with a module that exports nothing runnable exits 2 with a coded reason', async (t) => {
   const child = berth(t, ['serve', join(FIXTURES, 'serve-nothing.mjs'), ...EPHEMERAL]);
   assert.equal(await exitWithin(child, 20_000), 2);

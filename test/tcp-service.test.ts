@@ -66,6 +66,26 @@ test('echo round-trip', async (t) => {
   assert.equal(await readAll(client), 'hello, berth');
 });
 
+test("ctx: an id per connection, from 1, and the client's address and port", async (t) => {
+  const seen: { id: number; address: string | undefined; port: number | undefined }[] = [];
+  const { port } = await startService(t, {
+    handler: (conn, ctx) => {
+      seen.push({ id: ctx.id, address: ctx.remoteAddress, port: ctx.remotePort });
+      conn.end();
+    },
+  });
+  const ports: number[] = [];
+  for (let i = 0; i < 2; i++) {
+    const client = await connect(t, port);
+    ports.push(client.localPort!);
+    await readAll(client);
+  }
+  assert.deepEqual(seen, [
+    { id: 1, address: '127.0.0.1', port: ports[0] },
+    { id: 2, address: '127.0.0.1', port: ports[1] },
+  ]);
+});
+
 test('stats: busy rises and falls, count and error accumulate', async (t) => {
   const release: (() => void)[] = [];
   const { service, port } = await startService(t, {

@@ -45,6 +45,9 @@ async function runGroup(
         'a ServiceGroup export cannot serve one accepted connection; export services',
       );
     group = servable;
+    log.info(
+      'the module exports its own ServiceGroup: its settings apply, not the runner flags (--shutdown-timeout, --drain-delay, --diag-*, --idle-timeout)',
+    );
   } else {
     const services = one ? servable.filter((s) => s.name === one.service) : servable;
     if (one && services.length === 0) {
