@@ -166,3 +166,26 @@ export function parseConnection(
   }
   return options.connection;
 }
+
+/**
+ * Every service must have somewhere to serve: a listen target, a server (listening already, or
+ * with a target to listen on), or one accepted connection. Both checks are option errors, thrown
+ * at construction like the others.
+ */
+export function requirePlace(
+  owner: string,
+  place: { target: ListenTarget | undefined; server: Server | undefined; connection: unknown },
+): void {
+  if (place.server && !place.server.listening && !place.target) {
+    throw new InvalidOptionError(
+      `${owner}.server`,
+      `${owner}: the given server is not listening; give port, path or fd too`,
+    );
+  }
+  if (!place.server && !place.target && !place.connection) {
+    throw new InvalidOptionError(
+      `${owner}.port`,
+      `${owner}: nowhere to listen: give port, path, fd, server or connection`,
+    );
+  }
+}

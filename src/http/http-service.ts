@@ -30,6 +30,7 @@ import {
   type PortTarget,
   parseConnection,
   parseListenTarget,
+  requirePlace,
 } from '../listen.js';
 import { Listener } from '../listener.js';
 import {
@@ -360,12 +361,7 @@ export class HttpService implements Service {
           'give tls/http2 or a server, not both: the server already decides',
         );
       }
-      if (!options.server.listening && !this.#target) {
-        throw new ServiceFailedError(
-          this.name,
-          'the given server is not listening; give port, path or fd too',
-        );
-      }
+      requirePlace('HttpService', { target: this.#target, server: options.server, connection });
       if (!this.#handler && options.server.listenerCount('request') === 0) {
         throw new ServiceFailedError(
           this.name,
@@ -374,12 +370,7 @@ export class HttpService implements Service {
       }
       this.#server = options.server;
     } else {
-      if (!this.#target && !connection) {
-        throw new ServiceFailedError(
-          this.name,
-          'nowhere to listen: give port, path, fd, server or connection',
-        );
-      }
+      requirePlace('HttpService', { target: this.#target, server: undefined, connection });
       if (!this.#handler)
         throw new ServiceFailedError(this.name, 'handler must be a function, got undefined');
       if (useHttp2) {

@@ -10,12 +10,7 @@ import { addAbortListener } from 'node:events';
 import { createServer, Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Registry } from 'prom-client';
-import {
-  InvalidOptionError,
-  ServiceDestroyedError,
-  ServiceFailedError,
-  ShutdownTimeoutError,
-} from '../errors.js';
+import { InvalidOptionError, ServiceDestroyedError, ShutdownTimeoutError } from '../errors.js';
 import {
   type FdTarget,
   LISTEN_KEYS,
@@ -23,6 +18,7 @@ import {
   type PortTarget,
   parseConnection,
   parseListenTarget,
+  requirePlace,
 } from '../listen.js';
 import { defaultRegistry } from '../metrics.js';
 import {
@@ -222,12 +218,7 @@ export class TaskServer implements Service {
     const registry = options.registry === undefined ? defaultRegistry : options.registry;
     const target = parseListenTarget(options, 'TaskServer');
     const connection = parseConnection(options, target, 'TaskServer');
-    if (!target && options.server === undefined && !connection) {
-      throw new ServiceFailedError(
-        this.name,
-        'nowhere to listen: give port, path, fd, server or connection',
-      );
-    }
+    requirePlace('TaskServer', { target, server: options.server, connection });
     // The socket berth makes for itself gets these from its server; a handed one, here.
     connection?.setNoDelay(true);
     const server =

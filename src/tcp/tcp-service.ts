@@ -9,12 +9,7 @@ import { createServer, Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Server as TlsServer } from 'node:tls';
 import type { Registry } from 'prom-client';
-import {
-  ServiceClosingError,
-  ServiceDestroyedError,
-  ServiceFailedError,
-  ShutdownTimeoutError,
-} from '../errors.js';
+import { ServiceClosingError, ServiceDestroyedError, ShutdownTimeoutError } from '../errors.js';
 import { Lifecycle } from '../lifecycle.js';
 import {
   type FdTarget,
@@ -24,6 +19,7 @@ import {
   type PortTarget,
   parseConnection,
   parseListenTarget,
+  requirePlace,
 } from '../listen.js';
 import { Listener } from '../listener.js';
 import { defaultRegistry, exportStats, type StatMetric } from '../metrics.js';
@@ -296,18 +292,7 @@ export class TcpService implements Service {
       options.server === undefined
         ? undefined
         : validateInstance(options.server, 'server', Server, 'a net.Server');
-    if (server && !server.listening && !this.#target) {
-      throw new ServiceFailedError(
-        this.name,
-        'the given server is not listening; give port, path or fd too',
-      );
-    }
-    if (!server && !this.#target && !connection) {
-      throw new ServiceFailedError(
-        this.name,
-        'nowhere to listen: give port, path, fd, server or connection',
-      );
-    }
+    requirePlace('TcpService', { target: this.#target, server, connection });
     const signal = optional(options.signal, undefined, (v) => validateAbortSignal(v, 'signal'));
     const registry = options.registry === undefined ? defaultRegistry : options.registry;
 
