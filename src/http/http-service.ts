@@ -699,6 +699,10 @@ export class HttpService implements Service {
     const activity = this.#activity?.begin();
     const socket = req.socket as TrackedSocket;
     const state = req.httpVersionMajor === 2 ? undefined : socket[kState];
+    // Pipelined behind a response still in flight on its socket: if the socket dies first, Node
+    // emits 'close' on this request but never on its response (measured on Node 20), so both
+    // count; the response that holds the socket always gets its own 'close'.
+    const queued = state !== undefined && state.inflight > 0;
     if (state) {
       state.inflight++;
       state.current = res;
@@ -709,7 +713,10 @@ export class HttpService implements Service {
     }
     if (this.#draining) this.#markLast(res);
     const started = performance.now();
-    res.on('close', () => {
+    let settled = false;
+    const done = () => {
+      if (settled) return;
+      settled = true;
       const ended = performance.now();
       this.#busy--;
       activity?.end();
@@ -730,7 +737,9 @@ export class HttpService implements Service {
       }
       // Only a drain waits for the count to reach zero.
       if (this.#draining) this.#lifecycle.poke();
-    });
+    };
+    res.on('close', done);
+    if (queued) req.on('close', done);
   }
 
   /** Makes this response the last on its HTTP/1 connection: `Connection: close`, then close. */
