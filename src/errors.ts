@@ -221,11 +221,12 @@ export class TaskCancelledError extends BerthError {
 
 /**
  * A task-protocol timeout expired: on the client, a call's `timeout`, the response timeout or the
- * connect timeout; on the server, the reason a client was ended (wait, read, write).
+ * connect timeout; on the server, the reason a client was ended (wait, read, write), or a task
+ * whose response waited too long for the client's window (window).
  */
 export class TaskTimeoutError extends BerthError {
   static override readonly code = 'ERR_BERTH_TASK_TIMEOUT';
-  /** Which timeout: `call`, `response`, `connect`, `keep-alive`, `wait`, `read` or `write`. */
+  /** Which: `call`, `response`, `connect`, `keep-alive`, `wait`, `read`, `write` or `window`. */
   readonly timeout: string;
 
   constructor(timeout: string, message: string, options?: BerthErrorOptions) {
