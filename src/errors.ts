@@ -76,6 +76,28 @@ export class ServiceDestroyedError extends BerthError {
   static override readonly code = 'ERR_BERTH_SERVICE_DESTROYED';
 }
 
+/**
+ * A connection's unsent bytes passed its service's `maxWriteBuffer` (its handler kept writing
+ * while the peer read nothing); the connection was destroyed. The reason on its `AbortSignal`.
+ */
+export class WriteBufferFullError extends BerthError {
+  static override readonly code = 'ERR_BERTH_WRITE_BUFFER_FULL';
+  readonly service: string;
+  /** Bytes waiting unsent when it was destroyed. */
+  readonly bytes: number;
+  readonly limit: number;
+
+  constructor(service: string, bytes: number, limit: number, options?: BerthErrorOptions) {
+    super(
+      `${service}: a connection had ${bytes} bytes waiting to be sent, over maxWriteBuffer (${limit}); it was destroyed`,
+      options,
+    );
+    this.service = service;
+    this.bytes = bytes;
+    this.limit = limit;
+  }
+}
+
 /** A graceful close ran out of time; what was still live was destroyed. */
 export class ShutdownTimeoutError extends BerthError {
   static override readonly code = 'ERR_BERTH_SHUTDOWN_TIMEOUT';

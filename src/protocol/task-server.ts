@@ -287,6 +287,8 @@ export class TaskServer implements Service {
       name: this.name,
       ...(connection ? { connection } : { server }),
       registry,
+      // The outbox bounds what it holds for each client, the socket's buffer included.
+      maxWriteBuffer: Number.POSITIVE_INFINITY,
       handler: (socket, ctx) => this.#serve(socket, ctx),
     });
     this.#timed = registry !== null;
