@@ -143,6 +143,9 @@ With --workers, SIGHUP replaces the workers one at a time without dropping a req
 Exit codes: 0 clean drain; 1 a service failed or the deadline cut live work;
 2 bad usage; 128+n a second signal forced the exit.`;
 
+/** What follows a usage error: where the whole usage is, rather than the usage itself. */
+export const SEE_HELP = "Run 'berth --help' for the flags and commands.";
+
 interface Parsed<T> {
   flags: T;
   positionals: string[];

@@ -16,7 +16,7 @@ import { ServiceGroup } from '../runner/service-group.js';
 import type { Service } from '../service.js';
 import { callCommand } from './call.js';
 import { demoServices } from './demo.js';
-import { parseDemoArgs, parseServeArgs, type RunnerFlags, USAGE } from './flags.js';
+import { parseDemoArgs, parseServeArgs, type RunnerFlags, SEE_HELP, USAGE } from './flags.js';
 import { createLogger, type Logger, logGroup, logPool, logResult } from './log.js';
 import { encodeFds, INHERITED_FDS_ENV, type Placement, placeServices } from './placement.js';
 import { loadModule, toServable } from './serve.js';
@@ -216,7 +216,8 @@ try {
 } catch (err) {
   if (err instanceof UsageError || err instanceof InvalidModuleError) {
     process.stderr.write(`berth: ${err.message}\n`);
-    if (err instanceof UsageError) process.stderr.write(`\n${USAGE}\n`);
+    // One line pointing to the help, as git, npm and docker do: the error stays on screen.
+    if (err instanceof UsageError) process.stderr.write(`${SEE_HELP}\n`);
     else if (err.cause)
       process.stderr.write(`cause: ${String((err.cause as Error).stack ?? err.cause)}\n`);
     process.exit(2);
