@@ -14,7 +14,12 @@ import https from 'node:https';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { InvalidModuleError } from '../errors.js';
-import { HttpService, type HttpServiceOptions, type RequestHandler } from '../http/http-service.js';
+import {
+  HttpService,
+  type HttpServiceOptions,
+  type NodeHttpServer,
+  type RequestHandler,
+} from '../http/http-service.js';
 import { ServiceGroup } from '../runner/service-group.js';
 import { isService, type Service } from '../service.js';
 import type { ListenFd } from '../systemd/listen-fds.js';
@@ -79,7 +84,9 @@ export async function toServable(
       name: 'http',
       ...placement.listen(
         'http',
-        options.server?.listening ? {} : { port: flags.port, host: flags.host },
+        (options.server as NodeHttpServer | undefined)?.listening
+          ? {}
+          : { port: flags.port, host: flags.host },
       ),
       ...options,
     });
