@@ -192,3 +192,21 @@ test('an afterClose that outlives --hook-timeout is cut off and logged; the exit
   assert.equal(failed[0]!.err.code, 'ERR_BERTH_HOOK_TIMEOUT');
   assert.match(failed[0]!.err.message, /^afterClose did not finish within 300 ms/);
 });
+
+test('--workers 2: each worker runs the module hooks and fastify onClose in its own drain; exit 0', async (t) => {
+  const fixture = join(FIXTURES, 'serve-fastify-hooks.mjs');
+  const child = berth(t, [
+    'serve',
+    fixture,
+    ...['--workers', '2', '--port', '0', '--diag-port', '0', '--host', '127.0.0.1'],
+  ]);
+  await child.line(/"msg":"workers ready: 2 x /, 30_000);
+  child.proc.kill('SIGTERM');
+  assert.equal(await exitWithin(child, 15_000), 0, child.stderr());
+  const hooks = story(child).filter((l) => l.startsWith('hook: '));
+  const count = (line: string) => hooks.filter((l) => l === line).length;
+  // The primary tells the workers to stop: their groups stop as requested, not by a signal.
+  assert.equal(count('hook: beforeShutdown requested undefined'), 2, hooks.join('\n'));
+  assert.equal(count('hook: fastify onClose'), 2, hooks.join('\n'));
+  assert.equal(count('hook: afterClose exitCode 0'), 2, hooks.join('\n'));
+});
