@@ -266,7 +266,7 @@ test('with no server: a call fails after readyTimeout, or its own timeout if soo
     assert.ok(err instanceof TaskConnectError, String(err));
     assert.match(
       err.message,
-      /no connection was ready within 300 ms \(cannot connect to 127\.0\.0\.1:\d+: ECONNREFUSED\)/,
+      /no connection was ready within 300 ms \(the last attempt: cannot connect to 127\.0\.0\.1:\d+: ECONNREFUSED\)/,
     );
     return true;
   });

@@ -38,7 +38,8 @@ import { type Endpoint, formatEndpoint, parseEndpoint } from './channel/endpoint
 import { BALANCE_POLICIES, type BalancePolicy, Picker } from './channel/picker.js';
 import { defaultLookup, type Lookup, type ResolvedAddress, Resolver } from './channel/resolver.js';
 import { type ConnectionOptions, Subchannel, type SubchannelHost } from './channel/subchannel.js';
-import { ErrorCode } from './codes.js';
+import { decodeTaskList, type TaskInfo } from './codec.js';
+import { ErrorCode, ReservedTask } from './codes.js';
 import type { CallOptions, TaskBody } from './task-client.js';
 
 /** Options of `new TaskChannel()`. Defaults: `TASK_CHANNEL_DEFAULTS`. */
@@ -480,6 +481,20 @@ export class TaskChannel {
     return out;
   }
 
+  /** The tasks a server of the channel has registered (reserved task 251), ascending by code. */
+  async listTasks(options?: ChannelCallOptions): Promise<TaskInfo[]> {
+    return decodeTaskList(
+      await this.call(ReservedTask.LIST_TASKS, undefined, { idempotent: true, ...options }),
+    );
+  }
+
+  /** Runs the keep-alive task (250) on one connection; resolves with the round trip in ms. */
+  async ping(options?: ChannelCallOptions): Promise<number> {
+    const started = performance.now();
+    await this.call(ReservedTask.KEEP_ALIVE, undefined, { idempotent: true, ...options });
+    return performance.now() - started;
+  }
+
   /**
    * Resolves once a connection is ready (at once if one is). Rejects after `timeout` (default
    * `readyTimeout`) with `ERR_BERTH_TASK_CONNECT_FAILED`, or with the signal's reason.
@@ -716,12 +731,16 @@ export class TaskChannel {
     return this.#endpoints.map(formatEndpoint).join(', ');
   }
 
-  #noConnection(waited?: number): TaskConnectError {
+  #noConnection(waited?: number): Error {
     const last = this.#lastError;
-    const why = last ? last.message : 'no connection is ready';
+    // Failing fast with one endpoint: its own error says it all (as TaskClient.connect's would).
+    if (waited === undefined && last !== undefined && this.#endpoints.length === 1) return last;
+    const why = last ? `the last attempt: ${last.message}` : 'no connection is ready';
     return new TaskConnectError(
       this.#describe(),
-      waited === undefined ? why : `no connection was ready within ${waited} ms (${why})`,
+      waited === undefined
+        ? `every connection failed (${why})`
+        : `no connection was ready within ${waited} ms (${why})`,
       { cause: last },
     );
   }
