@@ -231,16 +231,152 @@ interface Waiter {
   readonly takes: boolean;
 }
 
-/** Per call: where it is in its attempts, and its deadline. */
-interface CallPlan {
+/** What a call needs of its channel. */
+interface CallEngine {
+  /** Sends its next attempt on a ready connection (`call.wake(sub)`), or makes it wait for one. */
+  dispatch(call: ChannelCall): void;
+  release(sub: Subchannel): void;
+  /** True when the failed attempt is to be sent again (counted and published). */
+  retry(call: ChannelCall, error: unknown): boolean;
+  /** The call has its outcome (undefined: it succeeded). */
+  ended(call: ChannelCall, error: Error | undefined): void;
+}
+
+/** The reason a streamed call counts as cancelled when its reader destroyed it without one. */
+const CANCELLED_BY_READER = new Error('the response stream was destroyed by its reader');
+
+/**
+ * One call through the channel, over its attempts: it is its own `Waiter`, and the callbacks of
+ * an attempt are its methods, so a call that goes straight to a ready connection allocates
+ * nothing but itself, its promise and the attempt's two arrow callbacks.
+ */
+abstract class ChannelCall implements Waiter {
+  readonly takes = true;
+  readonly engine: CallEngine;
   readonly task: number | string;
   readonly body: TaskBody;
-  readonly signal: AbortSignal | undefined;
+  /** A body that cannot be sent twice (a stream, an iterable) gets one attempt. */
+  readonly maxAttempts: number;
+  signal: AbortSignal | undefined = undefined;
+  timeout: number | undefined = undefined;
   /** performance.now() at which the call's `timeout` passes; undefined for none. */
-  readonly deadline: number | undefined;
-  readonly timeout: number | undefined;
-  readonly retryUnknown: boolean;
-  attempts: number;
+  deadline: number | undefined = undefined;
+  /** Sent again also after a failure that leaves its fate unknown. */
+  retryUnknown = false;
+  attempts = 0;
+
+  constructor(engine: CallEngine, task: number | string, body: TaskBody, maxAttempts: number) {
+    this.engine = engine;
+    this.task = task;
+    this.body = body;
+    this.maxAttempts = replayable(body) ? maxAttempts : 1;
+  }
+
+  /** The options of the next attempt: the signal, and what is left of the call's timeout. */
+  attemptOptions(): CallOptions | undefined {
+    const signal = this.signal;
+    if (this.deadline === undefined) return signal === undefined ? undefined : { signal };
+    const timeout = Math.max(1, Math.ceil(this.deadline - performance.now()));
+    return signal === undefined ? { timeout } : { signal, timeout };
+  }
+
+  timeoutError(): TaskTimeoutError {
+    return new TaskTimeoutError(
+      'call',
+      `task ${this.task} did not finish within ${this.timeout} ms`,
+    );
+  }
+
+  /** An attempt failed: send it again, or fail the call. */
+  attemptFailed(sub: Subchannel, error: Error, retryable: boolean): void {
+    this.engine.release(sub);
+    if (retryable && this.engine.retry(this, error)) this.engine.dispatch(this);
+    else this.fail(error);
+  }
+
+  /** Runs an attempt on `sub` (counted in flight there already). */
+  abstract wake(sub: Subchannel): void;
+  abstract fail(error: Error): void;
+}
+
+class BufferedCall extends ChannelCall {
+  readonly resolve: (value: Buffer) => void;
+  readonly reject: (error: Error) => void;
+
+  constructor(
+    engine: CallEngine,
+    task: number | string,
+    body: TaskBody,
+    maxAttempts: number,
+    resolve: (value: Buffer) => void,
+    reject: (error: Error) => void,
+  ) {
+    super(engine, task, body, maxAttempts);
+    this.resolve = resolve;
+    this.reject = reject;
+  }
+
+  wake(sub: Subchannel): void {
+    this.attempts++;
+    sub.client!.call(this.task, this.body, this.attemptOptions()).then(
+      (value) => this.#answered(sub, value),
+      (error: Error) => this.attemptFailed(sub, error, true),
+    );
+  }
+
+  #answered(sub: Subchannel, value: Buffer): void {
+    this.engine.release(sub);
+    this.engine.ended(this, undefined);
+    this.resolve(value);
+  }
+
+  fail(error: Error): void {
+    this.engine.ended(this, error);
+    this.reject(error);
+  }
+}
+
+class StreamCall extends ChannelCall {
+  readonly out: ChannelStream;
+
+  constructor(
+    engine: CallEngine,
+    task: number | string,
+    body: TaskBody,
+    maxAttempts: number,
+    out: ChannelStream,
+  ) {
+    super(engine, task, body, maxAttempts);
+    this.out = out;
+  }
+
+  wake(sub: Subchannel): void {
+    if (this.out.destroyed) {
+      // Its reader gave up while it waited for a connection.
+      this.engine.release(sub);
+      this.engine.ended(this, CANCELLED_BY_READER);
+      return;
+    }
+    this.attempts++;
+    this.out.attach(sub.client!.stream(this.task, this.body, this.attemptOptions()), this, sub);
+  }
+
+  /** @internal The attempt's stream ended: the call succeeded. */
+  succeeded(sub: Subchannel): void {
+    this.engine.release(sub);
+    this.engine.ended(this, undefined);
+  }
+
+  /** @internal The attempt's stream closed without an end or an error: its reader destroyed it. */
+  abandoned(sub: Subchannel): void {
+    this.engine.release(sub);
+    this.engine.ended(this, CANCELLED_BY_READER);
+  }
+
+  fail(error: Error): void {
+    this.engine.ended(this, error);
+    this.out.destroy(error);
+  }
 }
 
 /**
@@ -266,6 +402,8 @@ export class TaskChannel {
   readonly #picker: Picker;
   readonly #resolver: Resolver;
   readonly #host: SubchannelHost;
+  /** What calls need of their channel (made once: a call captures nothing of its own). */
+  readonly #engine: CallEngine;
   #subs: Subchannel[] = [];
   /** Subchannels let go of (their address went away, or the channel closed), still draining. */
   readonly #retired = new Set<Subchannel>();
@@ -365,6 +503,12 @@ export class TaskChannel {
     const registry = options.registry ?? null;
     this.#picker = new Picker(balance);
     this.#host = this.#makeHost(connection);
+    this.#engine = {
+      dispatch: (call) => this.#dispatch(call),
+      release: (sub) => this.#release(sub),
+      retry: (call, error) => this.#retry(call, error),
+      ended: (call, error) => this.#ended(call, error),
+    };
     this.#resolver = new Resolver(this.#endpoints, {
       lookup,
       refresh: dnsRefresh,
@@ -403,34 +547,77 @@ export class TaskChannel {
    * idempotent. `timeout` covers every attempt and the waits between them.
    */
   call(task: number | string, body?: TaskBody, options?: ChannelCallOptions): Promise<Buffer> {
-    let plan: CallPlan;
-    try {
-      plan = this.#plan(task, body, options);
-    } catch (error) {
-      return Promise.reject(error);
+    // The common case, a ready connection: the call goes straight to it, and the channel's part
+    // is the callbacks on its promise (no call object, no promise of its own).
+    const sub = this.#closing ? undefined : this.#picker.pick(this.#subs);
+    if (sub !== undefined) {
+      if (options?.idempotent !== undefined) {
+        try {
+          validateBoolean(options.idempotent, 'idempotent');
+        } catch (error) {
+          return Promise.reject(error);
+        }
+      }
+      const started = options?.timeout === undefined ? 0 : performance.now();
+      this.#take(sub);
+      return sub.client!.call(task, body, options).then(
+        (value) => {
+          this.#release(sub);
+          this.#counts.ok++;
+          return value;
+        },
+        (error: Error) => this.#recover(sub, task, body, options, started, error),
+      );
     }
+    return this.#callLater(task, body, options, 0, undefined);
+  }
+
+  /** The first attempt, sent straight to a connection, failed: send it again, or fail the call. */
+  #recover(
+    sub: Subchannel,
+    task: number | string,
+    body: TaskBody,
+    options: ChannelCallOptions | undefined,
+    started: number,
+    error: Error,
+  ): Promise<Buffer> {
+    this.#release(sub);
+    return this.#callLater(task, body, options, started, error);
+  }
+
+  /**
+   * A call that must wait for a connection, or whose first attempt (`failed`, begun at
+   * `started`) failed: it becomes a `BufferedCall`, which waits, retries and keeps the deadline.
+   */
+  #callLater(
+    task: number | string,
+    body: TaskBody,
+    options: ChannelCallOptions | undefined,
+    started: number,
+    failed: Error | undefined,
+  ): Promise<Buffer> {
     return new Promise<Buffer>((resolve, reject) => {
-      const attempt = (sub: Subchannel) => {
-        plan.attempts++;
-        const client = sub.client!;
-        client.call(plan.task, plan.body, this.#attemptOptions(plan)).then(
-          (value) => {
-            this.#release(sub);
-            this.#counts.ok++;
-            resolve(value);
-          },
-          (error: unknown) => {
-            this.#release(sub);
-            if (this.#retry(plan, error)) this.#dispatch(plan, attempt, fail);
-            else fail(error as Error);
-          },
-        );
-      };
-      const fail = (error: Error) => {
-        this.#count(plan, error);
-        reject(error);
-      };
-      this.#dispatch(plan, attempt, fail);
+      const call = new BufferedCall(this.#engine, task, body, this.#maxAttempts, resolve, reject);
+      if (failed === undefined) {
+        try {
+          this.#configure(call, options);
+        } catch (error) {
+          reject(error);
+          return;
+        }
+        this.#dispatch(call);
+        return;
+      }
+      // The first attempt was TaskClient's, which checked the options: only keep them.
+      call.attempts = 1;
+      call.signal = options?.signal;
+      if (options?.timeout !== undefined) {
+        call.timeout = options.timeout;
+        call.deadline = started + options.timeout;
+      }
+      call.retryUnknown = this.#isIdempotent(call, options?.idempotent);
+      if (this.#retry(call, failed)) this.#dispatch(call);
+      else call.fail(failed);
     });
   }
 
@@ -440,44 +627,14 @@ export class TaskChannel {
    */
   stream(task: number | string, body?: TaskBody, options?: ChannelCallOptions): Readable {
     const out = new ChannelStream();
-    let plan: CallPlan;
+    const call = new StreamCall(this.#engine, task, body, this.#maxAttempts, out);
     try {
-      plan = this.#plan(task, body, options);
+      this.#configure(call, options);
     } catch (error) {
       process.nextTick(() => out.destroy(error as Error));
       return out;
     }
-    const fail = (error: Error) => {
-      this.#count(plan, error);
-      out.destroy(error);
-    };
-    const attempt = (sub: Subchannel) => {
-      if (out.destroyed) {
-        this.#release(sub);
-        return;
-      }
-      plan.attempts++;
-      const inner = sub.client!.stream(plan.task, plan.body, this.#attemptOptions(plan));
-      out.attach(inner, {
-        end: () => {
-          this.#release(sub);
-          this.#counts.ok++;
-        },
-        error: (error, forwarded) => {
-          this.#release(sub);
-          if (!forwarded && !out.destroyed && this.#retry(plan, error)) {
-            this.#dispatch(plan, attempt, fail);
-          } else {
-            fail(error);
-          }
-        },
-        closed: () => {
-          this.#release(sub);
-          this.#counts.cancelled++; // its reader destroyed it: the task was cancelled
-        },
-      });
-    };
-    this.#dispatch(plan, attempt, fail);
+    this.#dispatch(call);
     return out;
   }
 
@@ -585,70 +742,55 @@ export class TaskChannel {
 
   // --- attempts ---------------------------------------------------------------------------------
 
-  #plan(task: number | string, body: TaskBody, options: ChannelCallOptions | undefined): CallPlan {
+  /** Checks a call's options and sets what every attempt of it shares. Throws on a bad one. */
+  #configure(call: ChannelCall, options: ChannelCallOptions | undefined): void {
     if (this.#closing) throw this.#closedError();
-    let signal: AbortSignal | undefined;
-    let timeout: number | undefined;
     let idempotent: boolean | undefined;
     if (options !== undefined) {
-      signal = optional(options.signal, undefined, (v) => validateAbortSignal(v, 'signal'));
-      timeout = optional(options.timeout, undefined, (v) => validateDuration(v, 'timeout'));
+      const signal = optional(options.signal, undefined, (v) => validateAbortSignal(v, 'signal'));
+      const timeout = optional(options.timeout, undefined, (v) => validateDuration(v, 'timeout'));
       idempotent = optional(options.idempotent, undefined, (v) => validateBoolean(v, 'idempotent'));
       if (signal?.aborted) throw signal.reason;
+      call.signal = signal;
+      if (timeout !== undefined) {
+        call.timeout = timeout;
+        call.deadline = performance.now() + timeout;
+      }
     }
-    const again = replayable(body);
-    return {
-      task,
-      body,
-      signal,
-      timeout,
-      deadline: timeout === undefined ? undefined : performance.now() + timeout,
-      retryUnknown: again && (idempotent ?? this.#idempotent.has(task)),
-      attempts: again ? 0 : this.#maxAttempts - 1, // a body that cannot be sent twice: one attempt
-    };
+    call.retryUnknown = this.#isIdempotent(call, idempotent);
   }
 
-  /** The options of the next attempt: the signal, and what is left of the call's timeout. */
-  #attemptOptions(plan: CallPlan): CallOptions | undefined {
-    if (plan.deadline === undefined)
-      return plan.signal === undefined ? undefined : { signal: plan.signal };
-    const left = Math.max(1, Math.ceil(plan.deadline - performance.now()));
-    return plan.signal === undefined ? { timeout: left } : { signal: plan.signal, timeout: left };
+  /** Retried after an unknown fate: the call says so, or its task is listed; and its body can be sent again. */
+  #isIdempotent(call: ChannelCall, given: boolean | undefined): boolean {
+    return call.maxAttempts > 1 && (given ?? this.#idempotent.has(call.task));
   }
 
-  /** Sends the next attempt on a ready connection now, or waits for one. */
-  #dispatch(
-    plan: CallPlan,
-    attempt: (sub: Subchannel) => void,
-    fail: (error: Error) => void,
-  ): void {
+  /** Sends the call's next attempt on a ready connection now, or makes it wait for one. */
+  #dispatch(call: ChannelCall): void {
     if (this.#closing) {
-      fail(this.#closedError());
+      call.fail(this.#closedError());
       return;
     }
     const sub = this.#picker.pick(this.#subs);
     if (sub !== undefined) {
       this.#take(sub);
-      attempt(sub);
+      call.wake(sub);
       return;
     }
     if (!this.#waitForReady && this.#allFailed()) {
-      fail(this.#noConnection());
+      call.fail(this.#noConnection());
       return;
     }
     const left =
-      plan.deadline === undefined ? Number.POSITIVE_INFINITY : plan.deadline - performance.now();
+      call.deadline === undefined ? Number.POSITIVE_INFINITY : call.deadline - performance.now();
     if (left <= 0) {
-      fail(this.#callTimeout(plan));
+      call.fail(call.timeoutError());
       return;
     }
     // The call's own deadline, or the channel's readyTimeout, whichever comes first.
     const byDeadline = left <= this.#readyTimeout;
-    this.#wait(
-      { takes: true, wake: attempt, fail },
-      byDeadline ? left : this.#readyTimeout,
-      plan.signal,
-      () => (byDeadline ? this.#callTimeout(plan) : this.#noConnection(this.#readyTimeout)),
+    this.#wait(call, byDeadline ? left : this.#readyTimeout, call.signal, () =>
+      byDeadline ? call.timeoutError() : this.#noConnection(this.#readyTimeout),
     );
   }
 
@@ -688,21 +830,21 @@ export class TaskChannel {
   }
 
   /** True when this failed attempt is to be sent again (and counts and publishes the retry). */
-  #retry(plan: CallPlan, error: unknown): boolean {
-    if (plan.attempts >= this.#maxAttempts || this.#closing) return false;
-    if (plan.signal?.aborted) return false;
-    if (plan.deadline !== undefined && plan.deadline <= performance.now()) return false;
+  #retry(call: ChannelCall, error: unknown): boolean {
+    if (call.attempts >= call.maxAttempts || this.#closing) return false;
+    if (call.signal?.aborted) return false;
+    if (call.deadline !== undefined && call.deadline <= performance.now()) return false;
     const fate = fateOf(error);
     let reason: RetryReason;
     if (fate === 'unstarted') reason = 'unstarted';
-    else if (fate === 'unknown' && plan.retryUnknown) reason = 'idempotent';
+    else if (fate === 'unknown' && call.retryUnknown) reason = 'idempotent';
     else return false;
     this.#counts[reason]++;
     if (retryChannel.hasSubscribers) {
       retryChannel.publish({
         channel: this.name,
-        task: plan.task,
-        attempt: plan.attempts,
+        task: call.task,
+        attempt: call.attempts,
         reason,
         error,
       });
@@ -710,21 +852,18 @@ export class TaskChannel {
     return true;
   }
 
-  #count(plan: CallPlan, error: Error): void {
-    if (error instanceof TaskError) this.#counts.error++;
+  /** A call has its outcome: counted by it. */
+  #ended(call: ChannelCall, error: Error | undefined): void {
+    const c = this.#counts;
+    if (error === undefined) c.ok++;
+    else if (error instanceof TaskError) c.error++;
     else if (
       (error instanceof TaskTimeoutError && error.timeout === 'call') ||
-      (plan.signal?.aborted && error === plan.signal.reason)
+      (call.signal?.aborted && error === call.signal.reason) ||
+      error === CANCELLED_BY_READER
     ) {
-      this.#counts.cancelled++;
-    } else this.#counts.failed++;
-  }
-
-  #callTimeout(plan: CallPlan): TaskTimeoutError {
-    return new TaskTimeoutError(
-      'call',
-      `task ${plan.task} did not finish within ${plan.timeout} ms`,
-    );
+      c.cancelled++;
+    } else c.failed++;
   }
 
   #describe(): string {
@@ -846,15 +985,6 @@ function validateNumber(value: unknown, name: string, min: number, max: number):
   return value;
 }
 
-/** What a stream attempt tells the channel. */
-interface AttemptEvents {
-  end(): void;
-  /** `forwarded`: some of the response already reached the reader (the call cannot be retried). */
-  error(error: Error, forwarded: boolean): void;
-  /** The attempt's stream closed without an end or an error of its own (destroyed by the reader). */
-  closed(): void;
-}
-
 /**
  * The channel's side of `stream()`: a `Readable` the caller keeps while the attempts under it come
  * and go. It passes the current attempt's chunks on with backpressure (it pauses the attempt's
@@ -864,7 +994,11 @@ class ChannelStream extends Readable {
   #inner: Readable | undefined;
   #forwarded = false;
 
-  attach(inner: Readable, events: AttemptEvents): void {
+  /**
+   * Passes on `inner`, the stream of `call`'s attempt on `sub`. An error before any of it reached
+   * the reader may be retried; after, it ends the stream.
+   */
+  attach(inner: Readable, call: StreamCall, sub: Subchannel): void {
     this.#inner = inner;
     let settled = false;
     inner.on('data', (chunk: Buffer) => {
@@ -874,18 +1008,18 @@ class ChannelStream extends Readable {
     inner.once('end', () => {
       settled = true;
       this.#inner = undefined;
-      events.end();
+      call.succeeded(sub);
       this.push(null);
     });
     inner.once('error', (error: Error) => {
       settled = true;
       this.#inner = undefined;
-      events.error(error, this.#forwarded);
+      call.attemptFailed(sub, error, !this.#forwarded && !this.destroyed);
     });
     inner.once('close', () => {
       if (!settled) {
         settled = true;
-        events.closed();
+        call.abandoned(sub);
       }
     });
   }
