@@ -27,9 +27,12 @@ export {
 export * from './errors.js';
 export {
   HTTP_SERVICE_DEFAULTS,
+  type HttpApp,
   HttpService,
   type HttpServiceOptions,
   type HttpStats,
+  isHttpApp,
+  type NodeHttpServer,
   type RequestHandler,
   type StatusClasses,
   type UpgradeContext,
