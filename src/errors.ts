@@ -190,10 +190,17 @@ export class TaskProtocolError extends BerthError {
   static override readonly code = 'ERR_BERTH_TASK_PROTOCOL';
   /** The wire code: 220 bad handshake, 223 unknown frame type, 224 frame too large, ... */
   readonly errorCode: number;
+  /** The task of the frame that broke the rules, when it names one (its FATAL carries this id). */
+  readonly taskId: number | undefined;
 
-  constructor(errorCode: number, message: string, options?: BerthErrorOptions) {
+  constructor(
+    errorCode: number,
+    message: string,
+    options?: BerthErrorOptions & { taskId?: number },
+  ) {
     super(message, options);
     this.errorCode = errorCode;
+    this.taskId = options?.taskId;
   }
 }
 

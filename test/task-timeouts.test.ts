@@ -11,9 +11,11 @@ import {
   ClientFrame,
   ClientHelloDecoder,
   ErrorCode,
+  encodeClientHello,
   encodeFrame,
   encodeServerHello,
   FrameDecoder,
+  isRefusal,
   ServerFrame,
   TaskClient,
   TaskGoodbyeError,
@@ -111,18 +113,68 @@ test('read timeout: a stalled frame, a stalled message and a stalled hello each 
   assert.equal(timeouts.length, 3);
 });
 
-test('read timeout: a slow but steady message is fine', async (t) => {
+test('read timeout: a slow but steady message is fine (above the minimum rate)', async (t) => {
   const { server, port } = await startTaskServer(t, { readTimeout: 300 }, (s) =>
     s.register(1, (m) => String(m.length)),
   );
   const peer = await RawPeer.connect(t, port);
-  peer.send(ClientFrame.START, 0, 1, 1, 'x');
+  const piece = Buffer.alloc(8 * 1_024, 'x');
+  peer.send(ClientFrame.START, 0, 1, 1, piece);
   for (let i = 0; i < 6; i++) {
-    await sleep(100); // 600 ms in all, never 300 without a byte
-    peer.send(ClientFrame.DATA, i === 5 ? 1 : 0, 0, 1, 'x');
+    await sleep(100); // 700 ms in all, never 300 without a byte, 80 KiB/s
+    peer.send(ClientFrame.DATA, i === 5 ? 1 : 0, 0, 1, piece);
   }
-  assert.equal((await peer.frame({ id: 1 })).payload.toString(), '7');
+  assert.equal((await peer.frame({ id: 1 })).payload.toString(), String(7 * 8 * 1_024));
   assert.equal(server.stats.timeouts.read, 0);
+});
+
+test('read timeout: what trickles in a byte at a time is cut, though no gap reaches the timeout', async (t) => {
+  const { server, port } = await startTaskServer(t, { readTimeout: 300 }, (s) =>
+    s.register(1, (m) => m),
+  );
+  const trickle = async (peer: RawPeer, bytes: Buffer) => {
+    for (const byte of bytes) {
+      if (peer.ended || peer.socket.destroyed) return;
+      peer.socket.write(Buffer.from([byte]));
+      await sleep(100);
+    }
+  };
+  // A hello: it must be whole within the read timeout of connecting.
+  const h = await RawPeer.connect(t, port, { sendHello: false });
+  const t0 = performance.now();
+  void trickle(
+    h,
+    encodeClientHello({
+      version: 1,
+      byteOrder: 'le',
+      flags: 0,
+      maxFramePayload: 1_048_576,
+      initialWindow: 1_024,
+    }),
+  );
+  await h.until(() => h.hello !== undefined, 'the refusal', 3_000);
+  assert.ok(
+    isRefusal(h.hello!) && h.hello.code === ErrorCode.READ_TIMEOUT,
+    JSON.stringify(h.hello),
+  );
+  assert.match(h.hello.message, /no complete hello within 300 ms of connecting/);
+  assert.ok(performance.now() - t0 < 1_500, 'refused about the read timeout after connecting');
+  // A frame header: whole within the read timeout of its first byte.
+  const f = await RawPeer.connect(t, port);
+  void trickle(f, encodeFrame('le', ClientFrame.START, 1, 1, 5, Buffer.from('hello')));
+  const fatal = await f.frame({ type: ServerFrame.FATAL }, 3_000);
+  assert.equal(fatal.code, ErrorCode.READ_TIMEOUT);
+  assert.match(fatal.payload.toString(), /a frame did not arrive whole within 300 ms/);
+  // A message in small frames, each whole and quick, slower than the minimum rate on average.
+  const m = await RawPeer.connect(t, port);
+  m.send(ClientFrame.START, 0, 1, 9, 'x');
+  const drip = setInterval(() => m.send(ClientFrame.DATA, 0, 0, 9, 'x'), 100);
+  t.after(() => clearInterval(drip));
+  const cut = await m.frame({ type: ServerFrame.FATAL }, 3_000);
+  clearInterval(drip);
+  assert.equal(cut.code, ErrorCode.READ_TIMEOUT);
+  assert.match(cut.payload.toString(), /the message of task 9 did not arrive whole within 300 ms/);
+  assert.equal(server.stats.timeouts.read, 3);
 });
 
 test('write timeout: a client that stops reading is dropped, its task signal aborted', async (t) => {

@@ -455,6 +455,11 @@ export class FrameDecoder {
     this.#rules = options.source === 'client' ? CLIENT_RULES : SERVER_RULES;
   }
 
+  /** The payload length of the frame partly received, once its header is in; else 0. */
+  get expecting(): number {
+    return this.#frame ? this.#need : 0;
+  }
+
   /** Bytes held for a frame not yet whole: never more than a header plus `maxPayload`. */
   get buffered(): number {
     return this.#headLength + this.#filled + (this.#frame ? FRAME_HEADER_SIZE : 0);
@@ -534,8 +539,8 @@ export class FrameDecoder {
     }
   }
 
-  #fail(code: number, message: string): never {
-    this.#failed = new TaskProtocolError(code, message);
+  #fail(code: number, message: string, taskId?: number): never {
+    this.#failed = new TaskProtocolError(code, message, { taskId });
     throw this.#failed;
   }
 
@@ -554,20 +559,27 @@ export class FrameDecoder {
         `unknown frame type ${hex(type)}${this.#source === 'client' ? '' : ' from the server'}`,
       );
     }
+    // A frame that names a task (not GOODBYE, which must carry 0) has its FATAL name it too.
+    const task = rule.idZero ? undefined : id;
     if (length > this.#max) {
       this.#fail(
         ErrorCode.FRAME_TOO_LARGE,
         `${rule.name} frame payload of ${length} bytes is over the maximum of ${this.#max}`,
+        task,
       );
     }
     if (reserved !== 0) {
-      this.#fail(ErrorCode.BAD_FRAME, `${rule.name} frame has reserved byte ${hex(reserved)}`);
+      this.#fail(
+        ErrorCode.BAD_FRAME,
+        `${rule.name} frame has reserved byte ${hex(reserved)}`,
+        task,
+      );
     }
     if ((flags & ~rule.flags) !== 0) {
-      this.#fail(ErrorCode.BAD_FRAME, `${rule.name} frame has flags ${hex(flags)}`);
+      this.#fail(ErrorCode.BAD_FRAME, `${rule.name} frame has flags ${hex(flags)}`, task);
     }
     if (rule.codeZero && code !== 0) {
-      this.#fail(ErrorCode.BAD_FRAME, `${rule.name} frame has code ${code}; it must be 0`);
+      this.#fail(ErrorCode.BAD_FRAME, `${rule.name} frame has code ${code}; it must be 0`, task);
     }
     if (rule.idZero && id !== 0) {
       this.#fail(ErrorCode.BAD_FRAME, `${rule.name} frame has task id ${id}; it must be 0`);
@@ -576,6 +588,7 @@ export class FrameDecoder {
       this.#fail(
         ErrorCode.BAD_FRAME,
         `${rule.name} frame has a payload of ${length} bytes; it must have ${rule.length}`,
+        task,
       );
     }
     this.#need = length;
@@ -595,7 +608,11 @@ export class FrameDecoder {
       frame.type === ClientFrame.WINDOW &&
       readU32(payload, 0, this.#le) === 0
     ) {
-      this.#fail(ErrorCode.BAD_FRAME, `WINDOW frame for task ${frame.id} has an increment of 0`);
+      this.#fail(
+        ErrorCode.BAD_FRAME,
+        `WINDOW frame for task ${frame.id} has an increment of 0`,
+        frame.id,
+      );
     }
     onFrame(frame);
   }

@@ -207,7 +207,8 @@ class Call {
  * plain array and a free list: no hashing and no table churn on the hot path.
  */
 class CallTable {
-  #slots: (Call | undefined)[] = [];
+  // Id 0 names no task (a FATAL about the connection carries it): ids start at 1.
+  #slots: (Call | undefined)[] = [undefined];
   #free: number[] = [];
   size = 0;
 
@@ -236,7 +237,7 @@ class CallTable {
   }
 
   clear(): void {
-    this.#slots = [];
+    this.#slots = [undefined];
     this.#free = [];
     this.size = 0;
   }

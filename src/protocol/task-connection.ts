@@ -95,6 +95,13 @@ export interface TaskConnectionStats {
   outboundBytes: number;
 }
 
+/**
+ * The slowest a started frame or message may arrive on average (bytes/s) beyond its first
+ * `readTimeout`: a byte every few seconds, which resets a plain idle timer, does not hold a
+ * connection for ever.
+ */
+export const MIN_READ_RATE = 16 * 1_024;
+
 /** After the last frame, how long a closing connection keeps reading so its last words arrive. */
 export const LINGER_MS = 500;
 
@@ -332,6 +339,8 @@ export class TaskConnection {
   #pause = 0;
   #lastReadAt: number;
   #resumedAt = 0;
+  /** When the frame now partly received began to arrive; 0 while no frame is partial. */
+  #frameStart = 0;
   #idleSince: number;
   /** Set by `drain()`: when the tasks still active get cut. */
   #cut: Cut | undefined;
@@ -594,7 +603,10 @@ export class TaskConnection {
     }
     try {
       if (this.#decoder === undefined) this.#frames();
-      this.#decoder!.push(chunk, this.#onFrame!);
+      const decoder = this.#decoder!;
+      decoder.push(chunk, this.#onFrame!);
+      // Every frame completed resets the clock (#frame); what is left partial started now.
+      if (decoder.buffered > 0 && this.#frameStart === 0) this.#frameStart = this.#lastReadAt;
     } catch (err) {
       if (!(err instanceof TaskProtocolError)) throw err;
       this.#protocolError(err);
@@ -668,6 +680,7 @@ export class TaskConnection {
   }
 
   #frame(frame: Frame): void {
+    this.#frameStart = 0;
     switch (frame.type) {
       case ClientFrame.START:
         this.#onStart(frame);
@@ -1316,7 +1329,7 @@ export class TaskConnection {
   }
 
   #protocolError(err: TaskProtocolError): void {
-    this.#fatal(err.errorCode, err.message, 0, 'protocol');
+    this.#fatal(err.errorCode, err.message, err.taskId ?? 0, 'protocol');
   }
 
   /** FATAL and close: the connection cannot go on. Active tasks are dropped unanswered. */
@@ -1374,8 +1387,9 @@ export class TaskConnection {
     const now = performance.now();
     const readTimeout = limits.readTimeout;
     if (state === HANDSHAKE) {
-      if (readTimeout > 0 && now - this.#lastReadAt >= readTimeout) {
-        const message = `no complete hello within ${readTimeout} ms`;
+      // The whole hello, from the connection's start (#idleSince until the handshake).
+      if (readTimeout > 0 && now - this.#idleSince >= readTimeout) {
+        const message = `no complete hello within ${readTimeout} ms of connecting`;
         this.#timedOut('read', message);
         this.#refuse(ErrorCode.READ_TIMEOUT, message);
       }
@@ -1410,17 +1424,30 @@ export class TaskConnection {
       return;
     }
     if (readTimeout > 0 && this.#pause === 0) {
-      const since = Math.max(this.#lastReadAt, this.#resumedAt);
+      const resumed = this.#resumedAt;
+      const since = Math.max(this.#lastReadAt, resumed);
       let stalled: string | undefined;
-      if (this.#decoder !== undefined && this.#decoder.buffered > 0 && now - since >= readTimeout) {
-        stalled = `timeout whilst reading a frame: nothing for ${readTimeout} ms`;
-      } else if (this.#receiving > 0) {
+      const decoder = this.#decoder;
+      if (decoder !== undefined && decoder.buffered > 0) {
+        // No byte for readTimeout; or, trickled, not whole within readTimeout plus its share of
+        // the minimum rate (a header alone: readTimeout).
+        const allowed = readTimeout + (decoder.expecting * 1_000) / MIN_READ_RATE;
+        if (now - since >= readTimeout) {
+          stalled = `timeout whilst reading a frame: nothing for ${readTimeout} ms`;
+        } else if (now - Math.max(this.#frameStart, resumed) >= allowed) {
+          stalled = `a frame did not arrive whole within ${Math.round(allowed)} ms (${decoder.buffered} bytes of it so far)`;
+        }
+      }
+      if (stalled === undefined && this.#receiving > 0) {
         for (const task of this.#tasks.values()) {
-          if (
-            task.state === RECEIVING &&
-            now - Math.max(task.lastDataAt, this.#resumedAt) >= readTimeout
-          ) {
+          if (task.state !== RECEIVING) continue;
+          if (now - Math.max(task.lastDataAt, resumed) >= readTimeout) {
             stalled = `timeout whilst reading the message of task ${task.id}: nothing for ${readTimeout} ms`;
+            break;
+          }
+          const allowed = readTimeout + (task.size * 1_000) / MIN_READ_RATE;
+          if (now - Math.max(task.startedAt, resumed) >= allowed) {
+            stalled = `the message of task ${task.id} did not arrive whole within ${Math.round(allowed)} ms (${task.size} bytes of it so far)`;
             break;
           }
         }
