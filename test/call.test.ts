@@ -75,14 +75,17 @@ test('berth call: an Error response prints its code and message to stderr and ex
   assert.equal(unknown.stderr, 'berth call: error 201 (unknown task): no task has code 77\n');
   const named = await call(t, [address, 'nope']);
   assert.equal(named.code, 1);
-  assert.match(named.stderr, /no task named "nope" \(it has: echo, sleep, bytes, sum, fail\)/);
+  assert.match(
+    named.stderr,
+    /no task named "nope" \(it has: echo, sleep, bytes, sum, fail, internal\)/,
+  );
 });
 
 test('berth call: --list, --timeout (exit 124), usage errors (exit 2), nothing listening (exit 3)', async (t) => {
   const { address } = await demo(t);
   assert.deepEqual(await call(t, [address, '--list']), {
     code: 0,
-    stdout: '1 echo\n2 sleep\n3 bytes\n4 sum\n5 fail\n',
+    stdout: '1 echo\n2 sleep\n3 bytes\n4 sum\n5 fail\n6 internal\n',
     stderr: '',
   });
   const slow = await call(t, [address, 'sleep', '--data', '10000', '--timeout', '200']);

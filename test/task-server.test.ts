@@ -77,7 +77,7 @@ for (const byteOrder of ['le', 'be'] as const) {
       client.call('nope'),
       isTaskError(
         ErrorCode.UNKNOWN_TASK,
-        /no task named "nope" \(it has: echo, sleep, bytes, sum, fail\)/,
+        /no task named "nope" \(it has: echo, sleep, bytes, sum, fail, internal\)/,
       ),
     );
     assert.deepEqual(await client.listTasks(), [
@@ -86,7 +86,24 @@ for (const byteOrder of ['le', 'be'] as const) {
       { code: 3, name: 'bytes' },
       { code: 4, name: 'sum' },
       { code: 5, name: 'fail' },
+      { code: 6, name: 'internal' },
     ]);
+    await assert.rejects(
+      client.call('internal'),
+      isTaskError(ErrorCode.INTERNAL, /^internal error$/),
+    );
+    // sum: signed decimals, separated by spaces, tabs, commas or newlines; nothing else.
+    for (const [message, answer] of [
+      ['', '0'],
+      ['1,,2', '3'],
+      ['+2\t-0.5 .5', '2'],
+      ['0.1 0.2', '0.30000000000000004'],
+    ]) {
+      assert.equal((await client.call('sum', message)).toString(), answer, message);
+    }
+    for (const word of ['0x10', '1e3', '1.2.3', '--1']) {
+      await assert.rejects(client.call('sum', word), isTaskError(1, /not a number/), word);
+    }
     assert.ok((await client.ping()) >= 0);
     // A message bigger than a frame, and one given as chunks.
     const big = Buffer.alloc(300_000, 'q');

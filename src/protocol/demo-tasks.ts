@@ -1,6 +1,6 @@
 /**
- * The demo's tasks (docs/protocol.md, "Demo tasks"): echo, sleep, a stream of N bytes, sum, and
- * one that always fails with an application code. Messages and responses are ASCII so they can be
+ * The demo's tasks (docs/protocol.md, "Demo tasks"): echo, sleep, a stream of N bytes, sum, one
+ * that always fails with an application code, and one that fails without a code (Error 205). Messages and responses are ASCII so they can be
  * tried with `berth call`. `berth demo` serves them on 127.0.0.1:8082.
  */
 
@@ -16,6 +16,7 @@ export const DemoTask = Object.freeze({
   BYTES: 3,
   SUM: 4,
   FAIL: 5,
+  INTERNAL: 6,
 } as const);
 
 /** The port `berth demo` serves the demo tasks on. */
@@ -30,6 +31,8 @@ const MAX_SLEEP = 600_000; // 10 min
 const MAX_BYTES = 1_073_741_824; // 1 GiB
 const ALPHABET = 'abcdefghijklmnopqrstuvwxyz';
 const PIECE = 64 * 1_024;
+/** What `sum` adds: an optional sign, digits, an optional fraction (no exponent, no hex). */
+const DECIMAL = /^[+-]?(\d+(\.\d*)?|\.\d+)$/;
 /** The alphabet repeated over one piece and a bit, so any offset can be sliced from it. */
 const PATTERN = Buffer.from(ALPHABET.repeat(Math.ceil(PIECE / 26) + 1));
 
@@ -77,14 +80,14 @@ export function registerDemoTasks(server: TaskServer): TaskServer {
     DemoTask.SUM,
     (message: Buffer) => {
       let sum = 0;
-      for (const word of message.toString('utf8').split(/[\s,]+/)) {
-        if (word === '') continue;
-        const n = Number(word);
-        if (!Number.isFinite(n)) {
+      for (const word of message.toString('utf8').split(/[ \t\r\n,]+/)) {
+        if (word === '') continue; // `1,,2`, and an empty message: the sum of nothing is 0
+        if (!DECIMAL.test(word)) {
           throw new TaskError(BAD_INPUT, `not a number: ${JSON.stringify(word.slice(0, 40))}`);
         }
-        sum += n;
+        sum += Number(word);
       }
+      // JavaScript's shortest round-trip form of the double: `0.1 0.2` → 0.30000000000000004.
       return String(sum);
     },
     'sum',
@@ -95,6 +98,13 @@ export function registerDemoTasks(server: TaskServer): TaskServer {
       throw new TaskError(ALWAYS_FAILS, 'this task always fails');
     },
     'fail',
+  );
+  server.register(
+    DemoTask.INTERNAL,
+    () => {
+      throw new Error('the demo task `internal` fails without an error code');
+    },
+    'internal',
   );
   return server;
 }

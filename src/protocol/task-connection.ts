@@ -721,7 +721,9 @@ export class TaskConnection {
     counters.tasksTotal++;
     this.#tasksTotal++;
     if (this.#state !== OPEN) {
-      const why = this.#clientSaidGoodbye ? 'the client said goodbye' : 'server shutting down';
+      const why = this.#clientSaidGoodbye
+        ? 'no new task after the client said goodbye'
+        : 'server shutting down';
       this.#reject(id, code, ErrorCode.SHUTTING_DOWN, why, Outcome.SHUTDOWN);
       return;
     }
@@ -1427,6 +1429,7 @@ export class TaskConnection {
       const resumed = this.#resumedAt;
       const since = Math.max(this.#lastReadAt, resumed);
       let stalled: string | undefined;
+      let stalledTask = 0;
       const decoder = this.#decoder;
       if (decoder !== undefined && decoder.buffered > 0) {
         // No byte for readTimeout; or, trickled, not whole within readTimeout plus its share of
@@ -1443,18 +1446,20 @@ export class TaskConnection {
           if (task.state !== RECEIVING) continue;
           if (now - Math.max(task.lastDataAt, resumed) >= readTimeout) {
             stalled = `timeout whilst reading the message of task ${task.id}: nothing for ${readTimeout} ms`;
+            stalledTask = task.id;
             break;
           }
           const allowed = readTimeout + (task.size * 1_000) / MIN_READ_RATE;
           if (now - Math.max(task.startedAt, resumed) >= allowed) {
             stalled = `the message of task ${task.id} did not arrive whole within ${Math.round(allowed)} ms (${task.size} bytes of it so far)`;
+            stalledTask = task.id;
             break;
           }
         }
       }
       if (stalled !== undefined) {
         this.#timedOut('read', stalled);
-        this.#fatal(ErrorCode.READ_TIMEOUT, stalled, 0, 'read');
+        this.#fatal(ErrorCode.READ_TIMEOUT, stalled, stalledTask, 'read');
         return;
       }
     }
