@@ -271,3 +271,19 @@ test('an in-memory duplex can carry the protocol (the narrowest type that works)
   assert.equal((await client.call(1, 'over a given stream')).toString(), 'over a given stream');
   await client.close();
 });
+
+test('task ids start at 1: id 0 names no task (a FATAL about the connection carries it)', async (t) => {
+  const ids: number[] = [];
+  const { port } = await startTaskServer(t, {}, (s) =>
+    s.register(2, async (_m, ctx) => {
+      ids.push(ctx.id);
+      await sleep(10);
+      return 'ok';
+    }),
+  );
+  const client = await connectClient(t, port);
+  await Promise.all([client.call(2), client.call(2), client.call(2)]);
+  assert.deepEqual(ids.sort(), [1, 2, 3]);
+  await client.call(2); // a freed id is taken again, never 0
+  assert.ok(!ids.includes(0), `ids: ${ids}`);
+});
