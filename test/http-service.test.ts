@@ -451,3 +451,22 @@ test('pipelined requests queued behind a response count as done when their socke
   await service.close({ timeout: 5_000 });
   assert.ok(performance.now() - t0 < 1_000, 'the close did not wait for the dead requests');
 });
+
+test('a client trickling its request headers during a drain gets one more grace, not the whole deadline', async (t) => {
+  const { service, port } = await startHttp(t, { idleGrace: 200 });
+  const sockets = await Promise.all(Array.from({ length: 5 }, () => connect(t, port)));
+  for (const s of sockets) {
+    s.on('error', () => {});
+    s.write('GET / HTTP/1.1\r\nHost: x\r\n');
+  }
+  const drip = setInterval(() => {
+    for (const s of sockets) if (!s.destroyed) s.write('X-Slow: 1\r\n');
+  }, 50);
+  t.after(() => clearInterval(drip));
+  const t0 = performance.now();
+  await service.close({ timeout: 5_000 }); // resolves: no ShutdownTimeoutError
+  const took = performance.now() - t0;
+  clearInterval(drip);
+  assert.ok(took < 2_000, `the drain took ${Math.round(took)} ms`);
+  // A request whose headers were whole before the drain is still answered: see the tests above.
+});

@@ -314,6 +314,11 @@ interface SocketState {
   idleSince: number;
   /** `bytesRead` at `idleSince`: more bytes since means a request is arriving. */
   bytesAtIdle: number;
+  /**
+   * A drain gave this socket a second grace because bytes of a request were arriving; it gets no
+   * third: a client that trickles a header a line at a time must not hold the drain to its end.
+   */
+  extended: boolean;
 }
 
 const kState = Symbol('berth.http.socket');
@@ -770,6 +775,7 @@ export class HttpService implements Service {
       idleTimer: undefined,
       idleSince: performance.now(),
       bytesAtIdle: socket.bytesRead,
+      extended: false,
     };
     this.#httpSockets.add(socket);
     // Without TLS this is the accepted socket, whose listener #onConnection added already.
@@ -830,6 +836,7 @@ export class HttpService implements Service {
     if (state) {
       state.inflight++;
       state.current = res;
+      state.extended = false;
       if (state.idleTimer) {
         clearTimeout(state.idleTimer);
         state.idleTimer = undefined;
@@ -886,7 +893,8 @@ export class HttpService implements Service {
           const state = socket[kState]!;
           if (state.inflight > 0 || socket.destroyed || !this.#httpSockets.has(socket)) continue;
           const bytesRead = socket.bytesRead;
-          if (bytesRead !== state.bytesAtIdle) {
+          if (bytesRead !== state.bytesAtIdle && !state.extended) {
+            state.extended = true;
             state.idleSince = performance.now();
             state.bytesAtIdle = bytesRead;
             this.#startIdleGrace(socket);
@@ -912,9 +920,11 @@ export class HttpService implements Service {
     state.idleTimer = setTimeout(() => {
       state.idleTimer = undefined;
       if (state.inflight > 0 || socket.destroyed || !this.#httpSockets.has(socket)) return;
-      // Bytes arrived: a request is being received. Give it a whole grace from now; its
-      // response carries Connection: close and ends the connection.
-      if (socket.bytesRead !== state.bytesAtIdle) {
+      // Bytes arrived: a request is being received. Give it a whole grace from now, once; its
+      // response carries Connection: close and ends the connection. A request still not whole
+      // after that is a client trickling its headers: it is reaped with the idle ones.
+      if (socket.bytesRead !== state.bytesAtIdle && !state.extended) {
+        state.extended = true;
         state.idleSince = performance.now();
         state.bytesAtIdle = socket.bytesRead;
         this.#startIdleGrace(socket);
