@@ -292,3 +292,165 @@ export function probe(op: () => Promise<unknown>, gapMs = 20): { stop(): Promise
     },
   };
 }
+
+/** What a server did to many slow clients. */
+export interface SlowlorisResult {
+  opened: number;
+  /** ms from each connection's open to the server ending it, for those it ended. */
+  cut: number[];
+  /** Connections still open when the attack stopped. */
+  stillOpen: number;
+}
+
+export interface SlowlorisOptions {
+  port: number;
+  host?: string;
+  connections: number;
+  /** Sent at once on each connection. */
+  prefix: Buffer;
+  /**
+   * Fed to each connection `dripSize` bytes every `everyMs` (going round when it runs out),
+   * until the server ends it or the attack stops: the rest of a hello a byte at a time, or a
+   * header line a tick.
+   */
+  drip: Buffer;
+  dripSize: number;
+  everyMs: number;
+  /** Stop after this many ms. */
+  duration: number;
+}
+
+/**
+ * Slowloris: many connections, each sending a start (half a hello, a header line) then a byte or
+ * a line every so often, never finishing. Reports how long the server let each one live.
+ */
+export async function slowloris(options: SlowlorisOptions): Promise<SlowlorisResult> {
+  const result: SlowlorisResult = { opened: 0, cut: [], stillOpen: 0 };
+  const sockets: Socket[] = [];
+  let stopping = false;
+  for (let i = 0; i < options.connections; i++) {
+    let socket: Socket;
+    try {
+      socket = await open(options.port, options.host);
+    } catch {
+      continue; // refused (a limit): counted by what is opened
+    }
+    result.opened++;
+    const t0 = performance.now();
+    socket.once('close', () => {
+      if (!stopping) result.cut.push(performance.now() - t0);
+    });
+    socket.resume(); // read (and drop) what the server says
+    socket.write(options.prefix);
+    sockets.push(socket);
+  }
+  let offset = 0;
+  const drip = setInterval(() => {
+    const d = options.drip;
+    const piece = Buffer.alloc(options.dripSize);
+    for (let i = 0; i < piece.length; i++) piece[i] = d[(offset + i) % d.length]!;
+    offset += piece.length;
+    for (const s of sockets) if (!s.destroyed) s.write(piece);
+  }, options.everyMs);
+  await new Promise((resolve) => setTimeout(resolve, options.duration));
+  stopping = true;
+  clearInterval(drip);
+  for (const s of sockets) {
+    if (!s.destroyed) result.stillOpen++;
+    s.destroy();
+  }
+  return result;
+}
+
+/** What a fuzzing client saw: how many connections the server ended, and how. */
+export interface FuzzResult {
+  attempts: number;
+  /** Connections the server closed (after a FATAL, a refusal, or at once). */
+  closed: number;
+  /** Connections still open when their attempt's time was up (the server waits for more). */
+  waiting: number;
+}
+
+/**
+ * Fuzz over a real socket: `attempts` connections, each sending random bytes, or a valid hello
+ * then frames with flipped bits, huge lengths, unknown types and reused ids. A small PRNG seeded
+ * with `seed` makes a run repeatable.
+ */
+export async function fuzzTaskPort(options: {
+  port: number;
+  attempts: number;
+  seed: number;
+  concurrency?: number;
+}): Promise<FuzzResult> {
+  let state = options.seed >>> 0 || 1;
+  const rand = () => {
+    // xorshift32
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return (state >>> 0) / 0x1_0000_0000;
+  };
+  const int = (n: number) => Math.floor(rand() * n);
+  const result: FuzzResult = { attempts: 0, closed: 0, waiting: 0 };
+  const hello = encodeClientHello({
+    version: 1,
+    byteOrder: 'le',
+    flags: 0,
+    maxFramePayload: 1_048_576,
+    initialWindow: 65_536,
+  });
+  const payload = (): Buffer => {
+    const b = Buffer.alloc(int(64));
+    for (let i = 0; i < b.length; i++) b[i] = int(256);
+    return b;
+  };
+  const message = (): Buffer => {
+    const kind = int(6);
+    if (kind === 0) return payload(); // random bytes, no hello
+    const frames: Buffer[] = [hello];
+    for (let i = 0, n = 1 + int(8); i < n; i++) {
+      const type = [0x10, 0x11, 0x12, 0x13, 0x14, int(256)][int(6)]!;
+      const frame = encodeFrame(
+        'le',
+        type & 0xff,
+        int(4) === 0 ? int(256) : 1,
+        int(8),
+        int(4),
+        payload(),
+      );
+      if (kind === 2) frame[int(frame.length)]! ^= 1 << int(8); // a flipped bit
+      if (kind === 3) frame.writeUInt32LE(0xffff_ff00 + int(256), 8); // a huge length
+      frames.push(frame);
+    }
+    return Buffer.concat(frames);
+  };
+  const one = async () => {
+    const bytes = message();
+    result.attempts++;
+    let socket: Socket;
+    try {
+      socket = await open(options.port);
+    } catch {
+      result.closed++;
+      return;
+    }
+    socket.resume();
+    const closed = new Promise<boolean>((resolve) => socket.once('close', () => resolve(true)));
+    socket.write(bytes);
+    const ended = await Promise.race([
+      closed,
+      new Promise<boolean>((r) => setTimeout(() => r(false), 200)),
+    ]);
+    if (ended) result.closed++;
+    else result.waiting++;
+    socket.destroy();
+  };
+  const concurrency = options.concurrency ?? 16;
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next++ < options.attempts) await one();
+    }),
+  );
+  return result;
+}

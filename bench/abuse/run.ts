@@ -14,14 +14,17 @@ import { existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { TaskClient } from '../../src/index.js';
+import { encodeClientHello, encodeFrame, TaskClient } from '../../src/index.js';
 import { ensureBuilt } from '../lib/build.js';
 import { ROOT } from '../lib/child.js';
 import { describeMachine } from '../lib/report.js';
 import {
   type FloodResult,
+  fuzzTaskPort,
   type ProbeResult,
   probe,
+  type SlowlorisResult,
+  slowloris,
   type TaskFloodResult,
   taskFlood,
   writeFlood,
@@ -107,6 +110,8 @@ interface Run {
 
 interface Attack {
   name: string;
+  /** The RELIABILITY.md section it is reported under. */
+  group: 'memory' | 'slow' | 'fuzz';
   title: string;
   /** What is sent, for the report. */
   sends: string;
@@ -129,6 +134,19 @@ function describeTaskFlood(r: TaskFloodResult): string {
       : `still connected when it gave up at ${(r.elapsed / 1e3).toFixed(0)} s`,
   ];
   return parts.filter(Boolean).join('; ');
+}
+
+function describeSlowloris(r: SlowlorisResult, seconds: number): string {
+  const cut = [...r.cut].sort((a, b) => a - b);
+  const at = (q: number) => cut[Math.min(cut.length - 1, Math.floor(q * cut.length))] ?? 0;
+  const parts = [`${r.opened} opened`];
+  if (cut.length > 0) {
+    parts.push(
+      `${cut.length} cut after ${(at(0.5) / 1e3).toFixed(1)} s (median; all within ${((cut.at(-1) ?? 0) / 1e3).toFixed(1)} s)`,
+    );
+  }
+  if (r.stillOpen > 0) parts.push(`${r.stillOpen} still open when it stopped at ${seconds} s`);
+  return parts.join('; ');
 }
 
 function describeFlood(r: FloodResult): string {
@@ -174,9 +192,110 @@ async function heldAfter(demo: Demo): Promise<string | undefined> {
   return `${tasks.bufferedBytes} + ${tasks.outboundBytes} bytes`;
 }
 
+/** A good client hello (little-endian, 1 MiB frames, a 256 KiB window). */
+const HELLO = encodeClientHello({
+  version: 1,
+  byteOrder: 'le',
+  flags: 0,
+  maxFramePayload: 1_048_576,
+  initialWindow: 262_144,
+});
+
 const ATTACKS: readonly Attack[] = [
   {
+    name: 'task-slow-hello',
+    group: 'slow',
+    title: 'Task server: 500 connections trickling their hello',
+    sends:
+      '500 connections, each sending the first 4 bytes of a hello, then the rest a byte a second (it would be whole after 12 s); for 15 s',
+    async run(demo) {
+      const honest = await sumProbe(demo);
+      const r = await slowloris({
+        port: demo.ports.tasks!,
+        connections: 500,
+        prefix: HELLO.subarray(0, 4),
+        drip: HELLO.subarray(4),
+        dripSize: 1,
+        everyMs: 1_000,
+        duration: 15_000,
+      });
+      return { verdict: describeSlowloris(r, 15), honest: await honest.stop() };
+    },
+  },
+  {
+    name: 'task-slow-frame',
+    group: 'slow',
+    title: 'Task server: 500 connections trickling a frame header after a good hello',
+    sends:
+      'a whole hello, then a `sum` task a byte a second (its header whole after 12 s), on 500 connections; for 15 s',
+    async run(demo) {
+      const honest = await sumProbe(demo);
+      const r = await slowloris({
+        port: demo.ports.tasks!,
+        connections: 500,
+        prefix: HELLO,
+        drip: encodeFrame('le', 0x10, 1, 4, 1, Buffer.from('1 2')),
+        dripSize: 1,
+        everyMs: 1_000,
+        duration: 15_000,
+      });
+      return { verdict: describeSlowloris(r, 15), honest: await honest.stop() };
+    },
+  },
+  {
+    name: 'http-slowloris',
+    group: 'slow',
+    title: 'HTTP: 500 connections trickling request headers; then SIGTERM',
+    sends:
+      '500 connections, each sending `GET /hello HTTP/1.1` and a header line every second, never the blank line; for 20 s; then the demo gets SIGTERM with them still trickling',
+    async run(demo) {
+      const honest = helloProbe(demo);
+      const running = slowloris({
+        port: demo.ports.http!,
+        connections: 500,
+        prefix: Buffer.from('GET /hello HTTP/1.1\r\nHost: x\r\n'),
+        drip: Buffer.from('X-Slow: 1\r\n'),
+        dripSize: 11,
+        everyMs: 1_000,
+        duration: 22_000,
+      });
+      await new Promise((resolve) => setTimeout(resolve, 20_000));
+      const seen = await honest.stop();
+      const t0 = performance.now();
+      const code = await demo.stop('SIGTERM', 15_000);
+      const took = performance.now() - t0;
+      const r = await running;
+      return {
+        verdict: describeSlowloris(r, 20),
+        honest: seen,
+        extra: `SIGTERM with them trickling: exit ${code} in ${ms(took)}`,
+      };
+    },
+  },
+  {
+    name: 'task-fuzz',
+    group: 'fuzz',
+    title: 'Task server: fuzz over real sockets',
+    sends:
+      '3,000 connections (16 at a time), each random bytes, or a good hello then 1 to 8 frames of random types, codes, ids and payloads, some with a bit flipped or a length near 2³²; seeded, so a run repeats',
+    async run(demo) {
+      const honest = await sumProbe(demo);
+      const r = await fuzzTaskPort({ port: demo.ports.tasks!, attempts: 3_000, seed: 16 });
+      const seen = await honest.stop();
+      const alive = demo.proc.exitCode === null;
+      const tasks = (await demo.vars()).services.tasks as {
+        protocolErrors: number;
+        refused: number;
+      };
+      return {
+        verdict: `${r.attempts} attempts: ${r.closed} ended by the server, ${r.waiting} left waiting for more bytes; ${tasks.protocolErrors} protocol errors and ${tasks.refused} refusals counted; the process ${alive ? 'stayed up' : 'DIED'}`,
+        honest: seen,
+      };
+    },
+  },
+  {
     name: 'task-window',
+    group: 'memory',
     title: 'Task server: large tasks, a 1-byte window, never a WINDOW',
     sends:
       'hello with an initial window of 1 byte, then 1,024 `echo` tasks of 4 MiB each (4 GiB); reads what comes, grants nothing; gives up after 30 s',
@@ -195,6 +314,7 @@ const ATTACKS: readonly Attack[] = [
   },
   {
     name: 'task-unread',
+    group: 'memory',
     title: 'Task server: large tasks, a full window, never reads',
     sends:
       '1,024 `echo` tasks of 4 MiB with an initial window of 2³²−1, and never reads a byte; gives up after 30 s',
@@ -213,6 +333,7 @@ const ATTACKS: readonly Attack[] = [
   },
   {
     name: 'echo-flood',
+    group: 'memory',
     title: 'TCP echo: 1 GiB in, nothing read',
     sends:
       '1 GiB in 1 MiB writes to the demo echo, reading nothing; stops when its writes stall for 3 s',
@@ -229,6 +350,7 @@ const ATTACKS: readonly Attack[] = [
   },
   {
     name: 'careless-echo',
+    group: 'memory',
     title: 'TcpService: a handler that ignores backpressure (`berth serve`)',
     sends:
       'the same 1 GiB to `for await (const chunk of conn) conn.write(chunk)` served by `berth serve`, reading nothing',
@@ -247,6 +369,7 @@ const ATTACKS: readonly Attack[] = [
   },
   {
     name: 'http-pipeline',
+    group: 'memory',
     title: 'HTTP: pipelined requests, nothing read, then gone; then SIGTERM',
     sends:
       '`GET /hello` pipelined on one connection until the server stops reading, never reading a response; then the client resets and the demo gets SIGTERM',
@@ -364,6 +487,7 @@ const builds: Build[] = [
 if (values.base) builds.push(buildAt(values.base));
 const t0 = performance.now();
 const sections: string[] = [];
+const grouped: Record<Attack['group'], string[]> = { memory: [], slow: [], fuzz: [] };
 for (const attack of chosen) {
   const runs: Run[] = [];
   for (const build of builds) {
@@ -375,6 +499,7 @@ for (const attack of chosen) {
     runs.push(run);
   }
   sections.push(render(attack, runs));
+  grouped[attack.group].push(render(attack, runs));
 }
 const took = (performance.now() - t0) / 1e3;
 console.log(`\n${sections.join('\n\n')}\n\nabuse suite: ${took.toFixed(0)} s`);
@@ -399,7 +524,15 @@ its ceiling") and docs/errors.md.
 
 ## Memory and buffers
 
-${sections.join('\n\n')}
+${grouped.memory.join('\n\n')}
+
+## Slow clients
+
+${grouped.slow.join('\n\n')}
+
+## Fuzz
+
+${grouped.fuzz.join('\n\n')}
 `;
   writeFileSync(join(ROOT, 'RELIABILITY.md'), doc);
   console.log('wrote RELIABILITY.md');
