@@ -13,13 +13,21 @@ import { parseArgs } from 'node:util';
 import { installExitHandlers, killAll, ROOT } from './lib/child.js';
 import { describeMachine, renderSection, renderText, writeBenchmarks } from './lib/report.js';
 import type { Suite } from './lib/suite.js';
+import { channelSuite } from './suites/channel.js';
 import { drainSuite } from './suites/drain.js';
 import { httpSuite } from './suites/http.js';
 import { startupSuite } from './suites/startup.js';
 import { tasksSuite } from './suites/tasks.js';
 import { tcpSuite } from './suites/tcp.js';
 
-const SUITES: readonly Suite[] = [tcpSuite, httpSuite, drainSuite, tasksSuite, startupSuite];
+const SUITES: readonly Suite[] = [
+  tcpSuite,
+  httpSuite,
+  drainSuite,
+  tasksSuite,
+  channelSuite,
+  startupSuite,
+];
 
 const USAGE = `usage: npm run bench [-- <suite>...] [options]
 

@@ -76,6 +76,28 @@ export class ServiceDestroyedError extends BerthError {
   static override readonly code = 'ERR_BERTH_SERVICE_DESTROYED';
 }
 
+/**
+ * A connection's unsent bytes passed its service's `maxWriteBuffer` (its handler kept writing
+ * while the peer read nothing); the connection was destroyed. The reason on its `AbortSignal`.
+ */
+export class WriteBufferFullError extends BerthError {
+  static override readonly code = 'ERR_BERTH_WRITE_BUFFER_FULL';
+  readonly service: string;
+  /** Bytes waiting unsent when it was destroyed. */
+  readonly bytes: number;
+  readonly limit: number;
+
+  constructor(service: string, bytes: number, limit: number, options?: BerthErrorOptions) {
+    super(
+      `${service}: a connection had ${bytes} bytes waiting to be sent, over maxWriteBuffer (${limit}); it was destroyed`,
+      options,
+    );
+    this.service = service;
+    this.bytes = bytes;
+    this.limit = limit;
+  }
+}
+
 /** A graceful close ran out of time; what was still live was destroyed. */
 export class ShutdownTimeoutError extends BerthError {
   static override readonly code = 'ERR_BERTH_SHUTDOWN_TIMEOUT';
@@ -221,11 +243,12 @@ export class TaskCancelledError extends BerthError {
 
 /**
  * A task-protocol timeout expired: on the client, a call's `timeout`, the response timeout or the
- * connect timeout; on the server, the reason a client was ended (wait, read, write).
+ * connect timeout; on the server, the reason a client was ended (wait, read, write), or a task
+ * whose response waited too long for the client's window (window).
  */
 export class TaskTimeoutError extends BerthError {
   static override readonly code = 'ERR_BERTH_TASK_TIMEOUT';
-  /** Which timeout: `call`, `response`, `connect`, `keep-alive`, `wait`, `read` or `write`. */
+  /** Which: `call`, `response`, `connect`, `keep-alive`, `wait`, `read`, `write` or `window`. */
   readonly timeout: string;
 
   constructor(timeout: string, message: string, options?: BerthErrorOptions) {

@@ -27,9 +27,12 @@ export {
 export * from './errors.js';
 export {
   HTTP_SERVICE_DEFAULTS,
+  type HttpApp,
   HttpService,
   type HttpServiceOptions,
   type HttpStats,
+  isHttpApp,
+  type NodeHttpServer,
   type RequestHandler,
   type StatusClasses,
   type UpgradeContext,
@@ -45,6 +48,11 @@ export {
   systemClock,
 } from './idle/idle-tracker.js';
 export type { FdTarget, ListenTarget, PathTarget, PortTarget } from './listen.js';
+export type { BackoffOptions } from './protocol/channel/backoff.js';
+export type { Endpoint } from './protocol/channel/endpoint.js';
+export type { BalancePolicy } from './protocol/channel/picker.js';
+export type { Lookup } from './protocol/channel/resolver.js';
+export type { ConnectionOptions } from './protocol/channel/subchannel.js';
 export {
   type ClientHello,
   ClientHelloDecoder,
@@ -82,6 +90,13 @@ export {
   DemoTask,
   registerDemoTasks,
 } from './protocol/demo-tasks.js';
+export {
+  type ChannelCallOptions,
+  TASK_CHANNEL_DEFAULTS,
+  TaskChannel,
+  type TaskChannelOptions,
+  type TaskChannelStats,
+} from './protocol/task-channel.js';
 export {
   type CallOptions,
   TASK_CLIENT_DEFAULTS,

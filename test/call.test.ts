@@ -117,6 +117,27 @@ test('berth call: --list, --timeout (exit 124), usage errors (exit 2), nothing l
   assert.match(closed.stderr, /^berth call: cannot connect to 127\.0\.0\.1:\d+: ECONNREFUSED\n$/);
 });
 
+test('berth call with several addresses: the call goes to one that answers', async (t) => {
+  const { address } = await demo(t);
+  const free = createServer();
+  await new Promise<void>((resolve) => free.listen(0, '127.0.0.1', resolve));
+  const dead = `127.0.0.1:${(free.address() as AddressInfo).port}`;
+  await new Promise((resolve) => free.close(resolve));
+  for (const list of [`${dead},${address}`, `${address},${dead}`]) {
+    assert.deepEqual(await call(t, [list, 'sum', '--data', '1 2 3.5']), {
+      code: 0,
+      stdout: '6.5',
+      stderr: '',
+    });
+  }
+  const none = await call(t, [`${dead},${dead.replace(/\d+$/, '1')}`, 'sum']);
+  assert.equal(none.code, 3);
+  assert.match(
+    none.stderr,
+    /^berth call: cannot connect to 127\.0\.0\.1:\d+, 127\.0\.0\.1:1: every connection failed/,
+  );
+});
+
 test('addresses: host:port, [v6]:port, a port alone, unix paths', () => {
   assert.deepEqual(parseAddress('127.0.0.1:8082'), { host: '127.0.0.1', port: 8082 });
   assert.deepEqual(parseAddress('localhost:1'), { host: 'localhost', port: 1 });

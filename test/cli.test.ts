@@ -314,7 +314,7 @@ test('berth serve with a module that exports nothing runnable exits 2 with a cod
   assert.match(missing.stderr(), /no\/such\/module\.mjs: no such file/);
 });
 
-test('bad flags: one line naming the flag, the usage, exit 2, nothing started', async (t) => {
+test('bad flags: one line naming the flag, one pointing to --help, exit 2, nothing started', async (t) => {
   const cases: [string[], RegExp][] = [
     [['demo', '--prot', '8080'], /^berth: Unknown option '--prot'/],
     [
@@ -332,13 +332,19 @@ test('bad flags: one line naming the flag, the usage, exit 2, nothing started', 
   for (const [args, message] of cases) {
     const child = berth(t, args);
     assert.equal(await exitWithin(child, 20_000), 2, args.join(' '));
-    assert.match(child.stderr(), message);
-    assert.match(child.stderr(), /Usage:\n {2}berth demo/);
+    const lines = child.stderr().split('\n');
+    assert.match(lines[0]!, message);
+    // Two lines, not the whole usage: the error stays on screen.
+    assert.deepEqual(lines.slice(1), ["Run 'berth --help' for the flags and commands.", '']);
     assert.equal(child.stdout(), '', 'nothing may start or log');
   }
   const env = berth(t, ['demo', '--diag-port', '0'], { PORT: 'eighty' });
   assert.equal(await exitWithin(env, 20_000), 2);
   assert.match(env.stderr(), /env PORT must be a port number/);
+  // With no command at all there is no error to keep on screen: the usage, exit 2.
+  const bare = berth(t, []);
+  assert.equal(await exitWithin(bare, 20_000), 2);
+  assert.match(bare.stderr(), /^Usage:\n {2}berth demo/);
 });
 
 test('--help prints the usage and exits 0; --version prints the version', async (t) => {

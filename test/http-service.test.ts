@@ -428,3 +428,26 @@ test('HTTPS: long-idle TLS sockets are closed at once by the drain', async (t) =
   assert.ok(took < 150, `long-idle TLS sockets held the close for ${took} ms`);
   assert.equal(service.stats.open, 0);
 });
+
+test('pipelined requests queued behind a response count as done when their socket dies: close() does not wait for them', async (t) => {
+  const body = 'x'.repeat(4_096); // enough that the responses fill the socket's buffers
+  const { service, port } = await startHttp(t, { handler: (_req, res) => res.end(body) });
+  const socket = await connect(t, port);
+  socket.pause(); // never read: Node stops parsing once responses back up, with requests queued
+  const burst = Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(2_000));
+  for (let i = 0; i < 64; i++) socket.write(burst); // 3.5 MB, whatever the server reads of it
+  await waitFor(() => service.stats.requests > 1_000, 'requests parsed');
+  await sleep(200);
+  assert.ok(
+    service.stats.busy > 1,
+    `${service.stats.busy} queued responses ${JSON.stringify(service.stats)}`,
+  );
+  socket.destroy();
+  await waitFor(() => service.stats.open === 0, 'the socket closed');
+  await waitFor(() => service.stats.busy === 0, 'no request counted in flight', 2_000);
+  const s = service.stats;
+  assert.equal(s.requests, s.responses['2xx'] + s.aborted, 'each request answered or aborted');
+  const t0 = performance.now();
+  await service.close({ timeout: 5_000 });
+  assert.ok(performance.now() - t0 < 1_000, 'the close did not wait for the dead requests');
+});

@@ -389,6 +389,7 @@ test('errors: an application code answers with it; an uncoded error is internal,
     rejected: 0,
     shutdown: 0,
     abandoned: 0,
+    timeout: 0,
   });
 });
 

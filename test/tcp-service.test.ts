@@ -6,6 +6,7 @@ import { type AddressInfo, createServer, connect as netConnect } from 'node:net'
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { test } from 'node:test';
 import { createServer as createTlsServer, connect as tlsConnect } from 'node:tls';
 import { Registry } from 'prom-client';
@@ -19,6 +20,7 @@ import {
   ShutdownTimeoutError,
   TcpService,
   type TcpServiceOptions,
+  WriteBufferFullError,
 } from '../src/index.js';
 import {
   connect,
@@ -162,6 +164,128 @@ test('a client that resets mid-handler is an ordinary event', async (t) => {
   const again = await connect(t, port);
   again.end('ok');
   assert.equal(await readAll(again), 'ok');
+});
+
+test('a handler that rejects with its connection’s own error (a reset) counts under peerErrors, not error', async (t) => {
+  const published: { id: number; error: unknown }[] = [];
+  const onPeer = (m: unknown) => published.push(m as { id: number; error: unknown });
+  const onError = () => assert.fail('a reset is not published as a handler failure');
+  subscribe('berth:tcp:peer-error', onPeer);
+  subscribe('berth:tcp:error', onError);
+  t.after(() => {
+    unsubscribe('berth:tcp:peer-error', onPeer);
+    unsubscribe('berth:tcp:error', onError);
+  });
+  const { service, port } = await startService(t, {
+    handler: async (conn) => {
+      await pipeline(conn, conn);
+    },
+  });
+  const client = await connect(t, port);
+  client.write('go');
+  await nextData(client);
+  client.resetAndDestroy();
+  await waitFor(() => service.stats.busy === 0 && service.stats.open === 0, 'the handler to end');
+  assert.equal(service.stats.peerErrors, 1);
+  assert.equal(service.stats.error, 0);
+  assert.equal(published.length, 1);
+  assert.equal((published[0]!.error as NodeJS.ErrnoException).code, 'ECONNRESET');
+  // An error of the handler's own is still a handler error.
+  const own = new TcpService({
+    port: 0,
+    host: '127.0.0.1',
+    registry: null,
+    handler: async (conn) => {
+      await nextData(conn);
+      throw new Error('a bug');
+    },
+  });
+  t.after(() => own.destroy());
+  unsubscribe('berth:tcp:error', onError);
+  await own.start();
+  const c = await connect(t, (own.address() as AddressInfo).port);
+  c.write('x');
+  await once(c, 'close');
+  assert.deepEqual([own.stats.error, own.stats.peerErrors], [1, 0]);
+});
+
+test('maxWriteBuffer: a handler that ignores backpressure loses its connection at the limit; the service goes on', async (t) => {
+  const overflows: { bytes: number; limit: number }[] = [];
+  const onOverflow = (m: unknown) => overflows.push(m as { bytes: number; limit: number });
+  subscribe('berth:tcp:overflow', onOverflow);
+  t.after(() => unsubscribe('berth:tcp:overflow', onOverflow));
+  let reason: unknown;
+  const { service, port } = await startService(t, {
+    maxWriteBuffer: 1_048_576,
+    handler: async (conn, { signal }) => {
+      signal.addEventListener('abort', () => {
+        reason = signal.reason;
+      });
+      for await (const chunk of conn) conn.write(chunk); // ignores write()'s return value
+    },
+  });
+  const peer = await connect(t, port);
+  peer.on('error', () => {}); // the reset when the server cuts it
+  peer.pause(); // reads nothing
+  const chunk = Buffer.alloc(65_536, 'p');
+  let sent = 0;
+  while (!peer.destroyed && sent < 256 * 1_048_576) {
+    sent += chunk.length;
+    if (!peer.write(chunk)) {
+      await Promise.race([
+        once(peer, 'drain').catch(() => {}),
+        once(peer, 'close').catch(() => {}),
+        sleep(2_000),
+      ]);
+      if (peer.writableNeedDrain && !peer.destroyed) break;
+    }
+  }
+  await waitFor(() => service.stats.overflows === 1, 'the connection destroyed');
+  assert.ok(sent < 64 * 1_048_576, `the server read ${sent} bytes before it cut the peer`);
+  assert.ok(reason instanceof WriteBufferFullError, `signal reason: ${String(reason)}`);
+  assert.equal(reason.code, 'ERR_BERTH_WRITE_BUFFER_FULL');
+  assert.equal(overflows.length, 1);
+  assert.equal(overflows[0]!.limit, 1_048_576);
+  assert.ok(overflows[0]!.bytes > 1_048_576);
+  await waitFor(() => service.stats.busy === 0 && service.stats.open === 0, 'the handler to end');
+  assert.equal(service.stats.error, 0, 'meeting its destroyed socket is not the handler’s error');
+  const again = await connect(t, port);
+  again.end('still echoing');
+  assert.equal(await readAll(again), 'still echoing');
+});
+
+test('a handler that respects backpressure is throttled by a peer that reads nothing, never cut', async (t) => {
+  const { service, port } = await startService(t, {
+    maxWriteBuffer: 1_048_576,
+    handler: async (conn) => {
+      await pipeline(conn, conn);
+    },
+  });
+  const peer = await connect(t, port);
+  peer.pause();
+  const chunk = Buffer.alloc(65_536, 'p');
+  let sent = 0;
+  for (;;) {
+    sent += chunk.length;
+    if (peer.write(chunk)) continue;
+    const stalled = await Promise.race([
+      once(peer, 'drain').then(() => false),
+      sleep(500).then(() => true),
+    ]);
+    if (stalled) break;
+  }
+  assert.equal(service.stats.overflows, 0);
+  assert.equal(service.stats.open, 1);
+  assert.ok(sent < 64 * 1_048_576, `the peer got ${sent} bytes in before it stalled`);
+  // And everything it echoed arrives once the peer reads.
+  peer.end();
+  let got = 0;
+  peer.on('data', (d: Buffer) => {
+    got += d.length;
+  });
+  peer.resume();
+  await once(peer, 'end');
+  assert.equal(got, sent - peer.writableLength);
 });
 
 test('close waits for a slow handler that watches its signal', async (t) => {
@@ -533,6 +657,10 @@ test('bad options fail at construction, naming the option', () => {
     ],
     [{ port: 0, handler: echo, name: '' }, /name must be a non-empty string/],
     [
+      { port: 0, handler: echo, maxWriteBuffer: 0 },
+      /maxWriteBuffer must be a positive integer, got 0/,
+    ],
+    [
       { port: 0, handler: echo, signal: 'no' as unknown as AbortSignal },
       /signal must be an AbortSignal/,
     ],
@@ -556,6 +684,8 @@ test('bad options fail at construction, naming the option', () => {
     () => new TcpService({ port: 0, handler: echo, registry: null, maxConnections: 1.5 }),
     InvalidOptionError,
   );
+  // No limit is a choice, spelled Infinity.
+  new TcpService({ port: 0, handler: echo, registry: null, maxWriteBuffer: Infinity });
 });
 
 // Keeps the Duplex import honest for readers: handlers are typed on Duplex, not Socket.

@@ -9,7 +9,9 @@
  *                  encoder flushed on the next tick as `TaskClient` does): what the promise API
  *                  alone costs;
  *   src:<dir>      `TaskClient` from another copy of berth's sources (`<dir>/index.ts`, relative to
- *                  the repository), to measure a candidate change without touching src/.
+ *                  the repository), to measure a candidate change without touching src/;
+ *   channel        one `TaskChannel` with a connection slot per connection, every call through it
+ *                  (what the channel costs over hand-made `TaskClient`s).
  */
 
 import { once } from 'node:events';
@@ -17,6 +19,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type * as Berth from '../../src/index.js';
+import { TaskChannel } from '../../src/index.js';
 import {
   encodeClientHello,
   type Frame,
@@ -173,7 +176,7 @@ export async function openVariantRt(
     case 'berth-dist':
     case 'src': {
       const api = (await import(
-        pathToFileURL(variant === 'src' ? join(ROOT, dir, 'index.ts') : DIST).href
+        pathToFileURL(dir ? join(ROOT, dir, 'index.ts') : DIST).href
       )) as typeof Berth;
       const clients = await many(() => api.TaskClient.connect({ host: HOST, port }));
       return promiseLoops(
@@ -182,6 +185,23 @@ export async function openVariantRt(
         async () => {
           await within(Promise.all(clients.map((c) => c.destroy())), 2_000, undefined);
         },
+      );
+    }
+    case 'channel': {
+      // One TaskChannel with a connection slot per connection, every call through it.
+      const channel = new TaskChannel({
+        endpoints: `${HOST}:${port}`,
+        connectionsPerEndpoint: connections,
+      });
+      const t0 = performance.now();
+      while (channel.stats.connections.ready < connections && performance.now() - t0 < 10_000) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      const call = () => channel.call(ECHO, PAYLOAD);
+      return promiseLoops(
+        Array.from({ length: connections }, () => call),
+        inflight,
+        () => within(channel.destroy(), 2_000, undefined),
       );
     }
     case 'codec':

@@ -95,7 +95,11 @@ export function promiseLoops(
 
 // --- berth ------------------------------------------------------------------------------------
 
-async function berthClients(port: number, n: number, window?: number): Promise<TaskClient[]> {
+export async function berthClients(
+  port: number,
+  n: number,
+  window?: number,
+): Promise<TaskClient[]> {
   return Promise.all(
     Array.from({ length: n }, () =>
       TaskClient.connect(
@@ -105,7 +109,7 @@ async function berthClients(port: number, n: number, window?: number): Promise<T
   );
 }
 
-async function destroyAll(clients: TaskClient[]): Promise<void> {
+export async function destroyAll(clients: TaskClient[]): Promise<void> {
   await within(Promise.all(clients.map((c) => c.destroy())).then(noop), 2_000, undefined);
 }
 
@@ -113,7 +117,7 @@ async function destroyAll(clients: TaskClient[]): Promise<void> {
 
 const identity = (b: Buffer): Buffer => b;
 
-async function grpcClients(port: number, n: number): Promise<GrpcClient[]> {
+export async function grpcClients(port: number, n: number): Promise<GrpcClient[]> {
   const clients = Array.from(
     { length: n },
     () =>
@@ -132,7 +136,7 @@ async function grpcClients(port: number, n: number): Promise<GrpcClient[]> {
   return clients;
 }
 
-function grpcUnary(client: GrpcClient, path: string, request: Buffer): Promise<Buffer> {
+export function grpcUnary(client: GrpcClient, path: string, request: Buffer): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     client.makeUnaryRequest(path, identity, identity, request, (error, value) => {
       if (error) reject(error);

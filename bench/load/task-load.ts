@@ -13,6 +13,9 @@
  *       up to n cancel probes one after another (for at most `budget` ms), with round-trip load
  *       running meanwhile when `load`.
  *   {"op":"idle","port":P,"connections":n}  → `idle <n>` once open; then {"op":"release"}.
+ *   {"op":"restart-start","port":P,"connections":C,"inflight":N}  starts load that goes on
+ *       through failures (bench/load/task-restart.ts); answered at once with its start time;
+ *       {"op":"restart-stop"} stops it and answers with its counts and timeline.
  *
  * The process exits when stdin ends (the harness went away, however it ended).
  */
@@ -29,6 +32,7 @@ import {
   type RtCloser,
   type RtSession,
 } from './task-drivers.js';
+import { type RestartLoad, startRestartLoad } from './task-restart.js';
 
 // A suite protocol, or one of bench/load/task-client-variants.ts's client variants.
 const impl = arg('impl', 'berth') as Impl;
@@ -64,7 +68,20 @@ interface IdleCommand {
   /** berth: each client runs one echo task before it idles. */
   task?: boolean;
 }
-type Command = RtCommand | BulkCommand | CancelCommand | IdleCommand | { op: 'release' };
+interface RestartCommand {
+  op: 'restart-start';
+  port: number;
+  connections: number;
+  inflight: number;
+}
+type Command =
+  | RtCommand
+  | BulkCommand
+  | CancelCommand
+  | IdleCommand
+  | RestartCommand
+  | { op: 'release' }
+  | { op: 'restart-stop' };
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -180,6 +197,7 @@ async function cancel(cmd: CancelCommand): Promise<object> {
 }
 
 let idle: RtCloser | undefined;
+let restart: RestartLoad | undefined;
 
 async function run(cmd: Command): Promise<object> {
   switch (cmd.op) {
@@ -197,6 +215,14 @@ async function run(cmd: Command): Promise<object> {
       await idle?.close();
       idle = undefined;
       return {};
+    case 'restart-start':
+      restart = await startRestartLoad(impl, cmd.port, cmd.connections, cmd.inflight);
+      return { startedAt: restart.startedAt };
+    case 'restart-stop': {
+      const result = await restart!.stop();
+      restart = undefined;
+      return result;
+    }
   }
 }
 

@@ -18,8 +18,10 @@ import {
   TaskRefusedError,
   TaskTimeoutError,
 } from '../errors.js';
+import { type Endpoint, parseEndpoint } from '../protocol/channel/endpoint.js';
 import { errorCodeName } from '../protocol/codes.js';
-import { type TaskBody, TaskClient, type TaskClientOptions } from '../protocol/task-client.js';
+import { TaskChannel } from '../protocol/task-channel.js';
+import type { TaskBody } from '../protocol/task-client.js';
 
 /** Exit codes of `berth call`. */
 export const CALL_EXIT = Object.freeze({
@@ -33,12 +35,14 @@ export const CALL_EXIT = Object.freeze({
   TIMEOUT: 124,
 });
 
-const USAGE = `usage: berth call <address> <task> [--data STRING | --file PATH] [--timeout MS] [--byte-order le|be]
-       berth call <address> --list
+const USAGE = `usage: berth call <address>[,<address>...] <task> [--data STRING | --file PATH] [--timeout MS] [--byte-order le|be]
+       berth call <address>[,<address>...] --list
 
 Runs one task on a berth task server and prints its response to stdout.
 
-  <address>        host:port, [v6 address]:port, a port alone (127.0.0.1), or unix:/path
+  <address>        host:port, [v6 address]:port, a port alone (127.0.0.1), or unix:/path;
+                   several, comma-separated, or a host name with several addresses: the call
+                   goes to one that answers (and again to another if that one is going away)
   <task>           a task code (0-249) or a task name the server registered
   --data STRING    the message
   --file PATH      the message is the file's contents (- for stdin)
@@ -53,27 +57,12 @@ exit codes: 0 OK; 1 the task answered Error (its code and message on stderr); 2 
 class UsageError extends Error {}
 
 /** Where to connect, from `host:port`, `[v6]:port`, `port` or `unix:/path`. */
-export function parseAddress(text: string): Pick<TaskClientOptions, 'host' | 'port' | 'path'> {
-  if (text.startsWith('unix:')) return { path: text.slice(5) };
-  if (text.startsWith('/')) return { path: text };
-  let host = '127.0.0.1';
-  let portText = text;
-  const v6 = /^\[([^\]]+)\]:(\d+)$/.exec(text);
-  if (v6) {
-    host = v6[1]!;
-    portText = v6[2]!;
-  } else if (text.includes(':')) {
-    const i = text.lastIndexOf(':');
-    host = text.slice(0, i) || host;
-    portText = text.slice(i + 1);
+export function parseAddress(text: string): Endpoint {
+  try {
+    return parseEndpoint(text, '<address>');
+  } catch (err) {
+    throw new UsageError((err as Error).message);
   }
-  const port = /^\d+$/.test(portText) ? Number(portText) : Number.NaN;
-  if (!Number.isInteger(port) || port < 1 || port > 65_535) {
-    throw new UsageError(
-      `bad address ${JSON.stringify(text)}: expected host:port, a port, or unix:/path`,
-    );
-  }
-  return { host, port };
 }
 
 function describeError(err: unknown, timeout: number | undefined): string {
@@ -129,7 +118,7 @@ async function write(chunk: Buffer): Promise<void> {
  * error to stderr, and returns the exit code (`CALL_EXIT`).
  */
 export async function callCommand(args: string[]): Promise<number> {
-  let client: TaskClient | undefined;
+  let channel: TaskChannel | undefined;
   let timeout: number | undefined;
   try {
     const { values, positionals } = parseArgs({
@@ -175,22 +164,24 @@ export async function callCommand(args: string[]): Promise<number> {
     }
     const body = values.list ? undefined : await messageFrom(values.data, values.file);
     const deadline = timeout === undefined ? undefined : Date.now() + timeout;
-    client = await TaskClient.connect({
-      ...parseAddress(address),
-      byteOrder,
-      keepAlive: 0,
-      ...(timeout === undefined ? {} : { timeout }),
+    channel = new TaskChannel({
+      endpoints: address.split(',').map(parseAddress),
+      // A command fails at once when nothing answers (exit 3), rather than wait for a server.
+      waitForReady: false,
+      ...(timeout === undefined ? {} : { readyTimeout: timeout }),
+      connection: { byteOrder, keepAlive: 0, ...(timeout === undefined ? {} : { timeout }) },
     });
-    const left = deadline === undefined ? undefined : Math.max(0, deadline - Date.now());
+    const left = () =>
+      deadline === undefined ? {} : { timeout: Math.max(1, deadline - Date.now()) };
     if (values.list) {
-      for (const { code: c, name } of await client.listTasks()) {
+      for (const { code: c, name } of await channel.listTasks(left())) {
         await write(Buffer.from(`${c}${name ? ` ${name}` : ''}\n`));
       }
     } else {
-      const response = client.stream(code!, body, left === undefined ? {} : { timeout: left });
+      const response = channel.stream(code!, body, left());
       for await (const chunk of response) await write(chunk as Buffer);
     }
-    await client.close();
+    await channel.close();
     return CALL_EXIT.OK;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EPIPE') return CALL_EXIT.OK; // `| head` stopped reading
@@ -199,7 +190,7 @@ export async function callCommand(args: string[]): Promise<number> {
     if (code === CALL_EXIT.USAGE) process.stderr.write(`${USAGE}\n`);
     return code;
   } finally {
-    await client?.destroy();
+    await channel?.destroy();
     if (process.stdin.readable && !process.stdin.isTTY) process.stdin.destroy();
   }
 }

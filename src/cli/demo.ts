@@ -6,6 +6,7 @@
 
 import { addAbortListener } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { pipeline } from 'node:stream/promises';
 import { UsageError } from '../errors.js';
 import { HttpService, type UpgradeHandler } from '../http/http-service.js';
 import { createDemoTaskServer } from '../protocol/demo-tasks.js';
@@ -50,13 +51,18 @@ export const echoUpgrade: UpgradeHandler = (req, socket, head, { signal }) => {
   signal.addEventListener('abort', () => socket.end('goodbye\n'), { once: true });
 };
 
-/** Echoes until the peer ends; when the service closes: flush what was echoed, end, stop reading. */
+/**
+ * Echoes until the peer ends; when the service closes: flush what was echoed, end, stop reading.
+ * `pipeline` respects backpressure: while the peer reads nothing, the echo stops reading from it,
+ * so a peer that only sends fills its own socket, not this process.
+ */
 export const echoHandler: ConnectionHandler = async (conn, { signal }) => {
   using _ = addAbortListener(signal, () => conn.end(() => conn.destroy()));
   try {
-    for await (const chunk of conn) conn.write(chunk);
+    await pipeline(conn, conn);
   } catch (err) {
-    // A stream cut short by our own close is the polite end, not a failure.
+    // A stream cut short by our own close is the polite end, not a failure. (A reset by the peer
+    // rejects with the socket's own error, which TcpService counts under peerErrors.)
     if (!signal.aborted) throw err;
   }
 };

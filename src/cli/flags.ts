@@ -63,6 +63,8 @@ export interface RunnerFlags {
   diagPort: number;
   shutdownTimeout: number;
   drainDelay: number;
+  /** The bound on each shutdown hook a served module exports. */
+  hookTimeout: number;
   logLevel: LogLevel;
   versionString: string | undefined;
   /** 1: no cluster. */
@@ -91,6 +93,7 @@ const RUNNER_OPTIONS = {
   'diag-port': { type: 'string' },
   'shutdown-timeout': { type: 'string' },
   'drain-delay': { type: 'string' },
+  'hook-timeout': { type: 'string' },
   'log-level': { type: 'string' },
   'version-string': { type: 'string' },
   workers: { type: 'string' },
@@ -110,7 +113,7 @@ const DEMO_OPTIONS = {
 
 export const USAGE = `Usage:
   berth demo [flags]             the example system: HTTP /hello, TCP echo, tasks, diagnostics
-  berth serve <module> [flags]   run a module's request listener or services
+  berth serve <module> [flags]   run a module's request listener, app or services
   berth call <host:port> <task> [--data S | --file F]   run one task (berth call --help)
   berth --version | --help
 
@@ -121,6 +124,7 @@ Flags (demo and serve):
   --diag-port PORT            diagnostics port (default 8081)
   --shutdown-timeout DURATION budget for closing every service (default 5s)
   --drain-delay DURATION      keep serving after /ready turns 503 (default 0)
+  --hook-timeout DURATION     bound on each shutdown hook the module exports (default 5s)
   --log-level LEVEL           fatal, error, warn, info, debug, trace, silent (default info)
   --version-string TEXT       version shown by /ready (default: package.json's)
   --workers N|auto            run N worker processes (auto: one per CPU; default 1, no cluster)
@@ -142,6 +146,9 @@ Durations: 5s, 500ms, 2m, 1h, or a number of milliseconds.
 With --workers, SIGHUP replaces the workers one at a time without dropping a request.
 Exit codes: 0 clean drain; 1 a service failed or the deadline cut live work;
 2 bad usage; 128+n a second signal forced the exit.`;
+
+/** What follows a usage error: where the whole usage is, rather than the usage itself. */
+export const SEE_HELP = "Run 'berth --help' for the flags and commands.";
 
 interface Parsed<T> {
   flags: T;
@@ -195,6 +202,7 @@ function parseRunnerFlags(
     diagPort: parsePort(str('diag-port') ?? '8081', '--diag-port'),
     shutdownTimeout: parseDuration(str('shutdown-timeout') ?? '5s', '--shutdown-timeout'),
     drainDelay: parseDuration(str('drain-delay') ?? '0', '--drain-delay'),
+    hookTimeout: parseDuration(str('hook-timeout') ?? '5s', '--hook-timeout'),
     logLevel: logLevel as LogLevel,
     versionString: str('version-string'),
     workers: parseWorkers(str('workers') ?? '1'),

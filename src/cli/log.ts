@@ -61,6 +61,16 @@ const ERROR_LINES: readonly {
   msg: (m: { service: string; error?: unknown; code?: number; timeout?: string }) => string;
 }[] = [
   { channel: 'berth:tcp:error', level: 'error', msg: (m) => `${m.service}: handler failed` },
+  {
+    channel: 'berth:tcp:peer-error',
+    level: 'debug',
+    msg: (m) => `${m.service}: the peer reset or broke the connection`,
+  },
+  {
+    channel: 'berth:tcp:overflow',
+    level: 'debug',
+    msg: (m) => `${m.service}: connection destroyed: its unsent bytes passed maxWriteBuffer`,
+  },
   { channel: 'berth:http:error', level: 'error', msg: (m) => `${m.service}: handler failed` },
   {
     channel: 'berth:task:error',

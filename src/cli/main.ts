@@ -16,22 +16,28 @@ import { ServiceGroup } from '../runner/service-group.js';
 import type { Service } from '../service.js';
 import { callCommand } from './call.js';
 import { demoServices } from './demo.js';
-import { parseDemoArgs, parseServeArgs, type RunnerFlags, USAGE } from './flags.js';
+import { parseDemoArgs, parseServeArgs, type RunnerFlags, SEE_HELP, USAGE } from './flags.js';
 import { createLogger, type Logger, logGroup, logPool, logResult } from './log.js';
 import { encodeFds, INHERITED_FDS_ENV, type Placement, placeServices } from './placement.js';
-import { loadModule, toServable } from './serve.js';
+import { loadModule, type ServeHooks, toServable } from './serve.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const ownVersion = (): string =>
   (JSON.parse(readFileSync(join(here, '..', '..', 'package.json'), 'utf8')) as { version: string })
     .version;
 
+/** What a command runs: services (or a group), and the shutdown hooks a served module exports. */
+interface Built {
+  servable: Service[] | ServiceGroup;
+  hooks?: ServeHooks;
+}
+
 /** Builds the services of a command, placed where the service manager's sockets say. */
-type Build = (placement: Placement) => Promise<Service[] | ServiceGroup>;
+type Build = (placement: Placement) => Promise<Built>;
 
 /** Runs services (or a group) under the runner with the CLI's flags; resolves with the exit code. */
 async function runGroup(
-  servable: Service[] | ServiceGroup,
+  { servable, hooks }: Built,
   placement: Placement,
   flags: RunnerFlags,
   version: string,
@@ -68,6 +74,8 @@ async function runGroup(
           }),
       shutdownTimeout: flags.shutdownTimeout,
       drainDelay: flags.drainDelay,
+      ...hooks,
+      hookTimeout: flags.hookTimeout,
       exitOnForce: true,
       ...(flags.idleTimeout === undefined ? {} : { idleTimeout: flags.idleTimeout }),
     });
@@ -101,7 +109,7 @@ async function runClustered(
 ): Promise<number> {
   const settings = { shutdownTimeout: flags.shutdownTimeout, drainDelay: flags.drainDelay };
   if (cluster.isWorker) {
-    const servable = await build(placement);
+    const { servable, hooks } = await build(placement);
     if (servable instanceof ServiceGroup) {
       throw new UsageError(
         'a module that exports a ServiceGroup runs its own runner: drop --workers, or export services',
@@ -110,6 +118,8 @@ async function runClustered(
     const workerLog = log.child({ worker: cluster.worker?.id });
     return runWorker(servable, {
       ...settings,
+      ...hooks,
+      hookTimeout: flags.hookTimeout,
       observe: (group) => {
         logGroup(group, workerLog, settings);
         group.on('stopped', (result) => logResult(workerLog, result));
@@ -161,7 +171,7 @@ async function demo(args: string[]): Promise<number> {
   const { flags, help } = parseDemoArgs(args, process.env);
   if (help) return usage(0);
   return runCommand(
-    async (placement) => demoServices(flags, placement),
+    async (placement) => ({ servable: demoServices(flags, placement) }),
     flags,
     flags.versionString ?? ownVersion(),
   );
@@ -174,7 +184,13 @@ async function serve(args: string[]): Promise<number> {
   const version = flags.versionString ?? findPackageVersion(dirname(resolve(specifier)));
   // Under --workers the primary never loads the module: only workers run application code.
   return runCommand(
-    async (placement) => toServable(specifier, await loadModule(specifier), flags, placement),
+    async (placement) => {
+      const module = await loadModule(specifier);
+      return {
+        servable: await toServable(specifier, module, flags, placement),
+        hooks: module.hooks,
+      };
+    },
     flags,
     version,
   );
@@ -216,7 +232,8 @@ try {
 } catch (err) {
   if (err instanceof UsageError || err instanceof InvalidModuleError) {
     process.stderr.write(`berth: ${err.message}\n`);
-    if (err instanceof UsageError) process.stderr.write(`\n${USAGE}\n`);
+    // One line pointing to the help, as git, npm and docker do: the error stays on screen.
+    if (err instanceof UsageError) process.stderr.write(`${SEE_HELP}\n`);
     else if (err.cause)
       process.stderr.write(`cause: ${String((err.cause as Error).stack ?? err.cause)}\n`);
     process.exit(2);

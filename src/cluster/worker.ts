@@ -7,7 +7,7 @@
 import cluster from 'node:cluster';
 import type { Registry } from 'prom-client';
 import { collectProcessMetrics, defaultRegistry } from '../metrics.js';
-import { ServiceGroup } from '../runner/service-group.js';
+import { ServiceGroup, type ServiceGroupOptions } from '../runner/service-group.js';
 import type { Service } from '../service.js';
 import { isBerthMessage, type PrimaryMessage, type WorkerMessage } from './messages.js';
 
@@ -18,6 +18,12 @@ export interface WorkerOptions {
   registry?: Registry;
   /** Called with the group before it runs, e.g. to log its events. */
   observe?: (group: ServiceGroup) => void;
+  /** The worker's group's `beforeShutdown` hook: runs in this worker, within its budget. */
+  beforeShutdown?: ServiceGroupOptions['beforeShutdown'];
+  /** The worker's group's `afterClose` hook: runs in this worker, within its budget. */
+  afterClose?: ServiceGroupOptions['afterClose'];
+  /** The bound on each hook. @default 5000 (5 s, ServiceGroup's) */
+  hookTimeout?: number;
 }
 
 function send(message: WorkerMessage): void {
@@ -46,6 +52,9 @@ export async function runWorker(services: Service[], options: WorkerOptions = {}
     // The primary speaks for the service to systemd: a worker's READY=1 would be premature.
     notify: false,
     ...(options.shutdownTimeout === undefined ? {} : { shutdownTimeout: options.shutdownTimeout }),
+    ...(options.beforeShutdown ? { beforeShutdown: options.beforeShutdown } : {}),
+    ...(options.afterClose ? { afterClose: options.afterClose } : {}),
+    ...(options.hookTimeout === undefined ? {} : { hookTimeout: options.hookTimeout }),
   });
   options.observe?.(group);
   group.on('started', ({ services: started }) => send({ berth: 'ready', services: started }));

@@ -16,6 +16,8 @@ import type { Duplex } from 'node:stream';
 import { type TlsOptions, Server as TlsServer } from 'node:tls';
 import type { Registry } from 'prom-client';
 import {
+  HookTimeoutError,
+  InvalidOptionError,
   ServiceClosingError,
   ServiceDestroyedError,
   ServiceFailedError,
@@ -52,7 +54,13 @@ import {
   validateObject,
   validateString,
 } from '../options.js';
-import type { ActivitySink, CloseOptions, Service, ServiceState } from '../service.js';
+import {
+  type ActivitySink,
+  type CloseOptions,
+  isService,
+  type Service,
+  type ServiceState,
+} from '../service.js';
 import { isPromiseLike, noop } from '../util.js';
 
 type AnyRequest = IncomingMessage | http2.Http2ServerRequest;
@@ -79,14 +87,54 @@ export type UpgradeHandler = (
   ctx: UpgradeContext,
 ) => void;
 
+/** The Node servers an `HttpService` can serve. */
+export type NodeHttpServer =
+  | http.Server
+  | https.Server
+  | http2.Http2Server
+  | http2.Http2SecureServer;
+
+/**
+ * A framework app that owns its Node server and has a shutdown of its own: a fastify instance as
+ * it is. berth knows the shape, not the framework (it imports none): an object whose `server` is
+ * a Node server and that has `close()`, and may have `ready()`. `start()` awaits `ready()` before
+ * listening; `close()` drains `server` the berth way, then awaits the app's `close()` (fastify's
+ * `onClose` hooks) within what is left of the timeout. Another framework that owns a server
+ * fits with three lines, e.g. NestJS:
+ * `{ server: app.getHttpServer(), ready: () => app.init(), close: () => app.close() }`.
+ */
+export interface HttpApp {
+  /** The server the app made and handles requests on; berth makes it listen unless it does. */
+  readonly server: NodeHttpServer;
+  /** Resolves once the app can serve (fastify: its plugins have loaded). */
+  ready?(): PromiseLike<unknown>;
+  /**
+   * The app's own shutdown, called once its server has drained: no request is in flight, so a
+   * framework that answers 503 while closing (fastify does) has nothing left to answer.
+   */
+  close(): PromiseLike<unknown>;
+}
+
+/** True for an app that owns its server (see `HttpApp`): fastify's instance, by its shape. */
+export function isHttpApp(value: unknown): value is HttpApp {
+  if (typeof value !== 'object' || value === null || isService(value)) return false;
+  const app = value as Record<string, unknown>;
+  return (
+    app.server instanceof NetServer &&
+    typeof app.close === 'function' &&
+    (app.ready === undefined || typeof app.ready === 'function')
+  );
+}
+
 export interface HttpServiceOptions extends Partial<PortTarget & PathTarget & FdTarget> {
   /** Handles each request. Optional when `server` already has its own 'request' listener. */
   handler?: RequestHandler;
   /**
    * Serve this server instead of creating one: an `http.Server`, `https.Server`, or an
-   * `http2` server (secure or not). If it is not listening, give `port`, `path` or `fd` too.
+   * `http2` server (secure or not); or an app that owns its server and its shutdown, such as a
+   * fastify instance (`HttpApp`). If it is not listening, give `port`, `path` or `fd` too.
    */
-  server?: http.Server | https.Server | http2.Http2Server | http2.Http2SecureServer;
+  server?: NodeHttpServer | HttpApp;
   /** Serve HTTPS (or HTTP/2 over TLS with `http2`): key, cert, ca, ... as `tls` takes them. */
   tls?: TlsOptions;
   /** Serve HTTP/2: over TLS with `tls` (HTTP/1.1 also accepted, by ALPN), else cleartext h2c. */
@@ -281,7 +329,13 @@ function clearConnectionsCheck(server: NetServer): void {
 
 export class HttpService implements Service {
   readonly name: string;
-  readonly #server: http.Server | https.Server | http2.Http2Server | http2.Http2SecureServer;
+  readonly #server: NodeHttpServer;
+  /** The app that owns `#server`, when one was given: readied before listening, closed after. */
+  readonly #app: HttpApp | undefined;
+  /** The app's `ready()`, once `start()` has called it. */
+  #appReady: Promise<void> | undefined;
+  /** The app's `close()`, once called: at most once, by the drain or a destroy. */
+  #appClosed: Promise<unknown> | undefined;
   readonly #handler: RequestHandler | undefined;
   readonly #upgrade: UpgradeHandler | undefined;
   readonly #target: ListenTarget | undefined;
@@ -328,6 +382,12 @@ export class HttpService implements Service {
     this.name = optional(options.name, HTTP_SERVICE_DEFAULTS.name, (v) =>
       validateString(v, 'name'),
     );
+    if (isHttpApp(options.handler)) {
+      throw new InvalidOptionError(
+        'handler',
+        'handler must be a request listener; an app that owns its server (fastify) goes in server',
+      );
+    }
     this.#handler = optional(options.handler, undefined, (v) =>
       validateFunction<RequestHandler>(v, 'handler'),
     );
@@ -353,22 +413,28 @@ export class HttpService implements Service {
     this.#target = parseListenTarget(options, 'HttpService');
     const connection = parseConnection(options, this.#target, 'HttpService');
 
+    this.#app = isHttpApp(options.server) ? options.server : undefined;
     if (options.server !== undefined) {
-      validateInstance(options.server, 'server', NetServer, 'an http, https or http2 server');
+      const given = validateInstance(
+        this.#app ? this.#app.server : options.server,
+        'server',
+        NetServer,
+        'an http, https or http2 server, or an app that owns one (an object with server and close, as fastify is)',
+      );
       if (tlsOptions || options.http2 !== undefined) {
         throw new ServiceFailedError(
           this.name,
           'give tls/http2 or a server, not both: the server already decides',
         );
       }
-      requirePlace('HttpService', { target: this.#target, server: options.server, connection });
-      if (!this.#handler && options.server.listenerCount('request') === 0) {
+      requirePlace('HttpService', { target: this.#target, server: given, connection });
+      if (!this.#handler && given.listenerCount('request') === 0) {
         throw new ServiceFailedError(
           this.name,
           'nothing handles requests: give handler, or a server with a request listener',
         );
       }
-      this.#server = options.server;
+      this.#server = given as NodeHttpServer;
     } else {
       requirePlace('HttpService', { target: this.#target, server: undefined, connection });
       if (!this.#handler)
@@ -472,8 +538,11 @@ export class HttpService implements Service {
     return this.#lifecycle.closed;
   }
 
-  /** The underlying Node server, e.g. to attach a WebSocket library's upgrade handling. */
-  get server(): http.Server | https.Server | http2.Http2Server | http2.Http2SecureServer {
+  /**
+   * The underlying Node server (an app's own, when one was given), e.g. to attach a WebSocket
+   * library's upgrade handling.
+   */
+  get server(): NodeHttpServer {
     return this.#server;
   }
 
@@ -503,8 +572,26 @@ export class HttpService implements Service {
     return this.#server.address();
   }
 
+  /** Listens, once; with an app, after its `ready()` has resolved. */
   start(): Promise<void> {
-    return this.#listener.start();
+    const app = this.#app;
+    if (!app?.ready) return this.#listener.start();
+    this.#appReady ??= this.#readyApp(app);
+    return this.#appReady.then(() => this.#listener.start());
+  }
+
+  async #readyApp(app: HttpApp): Promise<void> {
+    try {
+      await app.ready!();
+    } catch (err) {
+      const error = new ServiceFailedError(
+        this.name,
+        `the app's ready() failed: ${(err as Error)?.message ?? String(err)}`,
+        { cause: err },
+      );
+      this.#lifecycle.fail(error);
+      throw error;
+    }
   }
 
   /** From now on, each request in flight and each open upgraded connection is activity for `sink`. */
@@ -532,6 +619,8 @@ export class HttpService implements Service {
       const live = this.#connections.size;
       this.#closing.abort(reason);
       this.#destroyAll();
+      // The app's hooks are started, not waited for: a destroy is the hard stop.
+      if (this.#app) void this.#closeApp(this.#app).catch(noop);
       this.#publishClose(error);
       return error ?? (live > 0 ? reason : undefined);
     });
@@ -542,6 +631,8 @@ export class HttpService implements Service {
   }
 
   async #drain(timeout: number): Promise<Error | undefined> {
+    const deadline = performance.now() + timeout;
+    await this.#appReady?.catch(noop);
     await this.#listener.started();
     this.#draining = true;
     // 1. Stop taking connections. net.Server's own close, not http's: http.Server#close also
@@ -577,8 +668,41 @@ export class HttpService implements Service {
       this.#destroyAll();
     }
     this.#finish();
+    // 5. The app's own shutdown (fastify's onClose hooks), now that nothing is in flight.
+    if (this.#app) error ??= await this.#awaitApp(this.#app, deadline - performance.now());
     this.#publishClose(error);
     return error;
+  }
+
+  #closeApp(app: HttpApp): Promise<unknown> {
+    this.#appClosed ??= Promise.resolve().then(() => app.close());
+    return this.#appClosed;
+  }
+
+  /** Awaits the app's `close()` for at most `budget` ms; the error to close with, if any. */
+  async #awaitApp(app: HttpApp, budget: number): Promise<Error | undefined> {
+    const ms = Math.max(0, Math.round(budget));
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<Error>((resolve) => {
+      timer = setTimeout(
+        () => resolve(new HookTimeoutError(`${this.name}: the app's close()`, ms)),
+        ms,
+      );
+    });
+    const closed = this.#closeApp(app).then(
+      () => undefined,
+      (err: unknown) =>
+        new ServiceFailedError(
+          this.name,
+          `the app's close() failed: ${(err as Error)?.message ?? String(err)}`,
+          { cause: err },
+        ),
+    );
+    try {
+      return await Promise.race([closed, expired]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   #isIdle(): boolean {
@@ -699,6 +823,10 @@ export class HttpService implements Service {
     const activity = this.#activity?.begin();
     const socket = req.socket as TrackedSocket;
     const state = req.httpVersionMajor === 2 ? undefined : socket[kState];
+    // Pipelined behind a response still in flight on its socket: if the socket dies first, Node
+    // emits 'close' on this request but never on its response (measured on Node 20), so both
+    // count; the response that holds the socket always gets its own 'close'.
+    const queued = state !== undefined && state.inflight > 0;
     if (state) {
       state.inflight++;
       state.current = res;
@@ -709,7 +837,10 @@ export class HttpService implements Service {
     }
     if (this.#draining) this.#markLast(res);
     const started = performance.now();
-    res.on('close', () => {
+    let settled = false;
+    const done = () => {
+      if (settled) return;
+      settled = true;
       const ended = performance.now();
       this.#busy--;
       activity?.end();
@@ -730,7 +861,9 @@ export class HttpService implements Service {
       }
       // Only a drain waits for the count to reach zero.
       if (this.#draining) this.#lifecycle.poke();
-    });
+    };
+    res.on('close', done);
+    if (queued) req.on('close', done);
   }
 
   /** Makes this response the last on its HTTP/1 connection: `Connection: close`, then close. */

@@ -131,7 +131,7 @@ export class IdleTracker implements Disposable {
    * @example
    * handler: async (conn) => {
    *   using _ = tracker.begin();
-   *   for await (const chunk of conn) conn.write(chunk);
+   *   await pipeline(conn, conn);
    * }
    */
   begin(): Activity {

@@ -743,6 +743,27 @@ export function encodeFrame(
   return out.length === 1 ? out[0]! : Buffer.concat(out);
 }
 
+/** A task the server has registered, as the list task (251) reports them. */
+export interface TaskInfo {
+  code: number;
+  /** '' when the task was registered without a name. */
+  name: string;
+}
+
+/** The list task's response: for each task, its code, its name's length, and the name (UTF-8). */
+export function decodeTaskList(payload: Buffer): TaskInfo[] {
+  const tasks: TaskInfo[] = [];
+  let off = 0;
+  while (off + 2 <= payload.length) {
+    const code = payload[off]!;
+    const n = payload[off + 1]!;
+    if (off + 2 + n > payload.length) break;
+    tasks.push({ code, name: payload.toString('utf8', off + 2, off + 2 + n) });
+    off += 2 + n;
+  }
+  return tasks;
+}
+
 /** A WINDOW frame's 4-byte payload. */
 export function windowPayload(increment: number, byteOrder: ByteOrder): Buffer {
   const b = Buffer.allocUnsafe(4);

@@ -9,6 +9,8 @@
  *   told to wait while its queue is full: a slow reader slows only its own task.
  * - While the socket's buffer is full, nothing more is pulled from the streams, and the owner is
  *   told (the server stops reading that client until it drains).
+ * - What the outbox holds (stream bytes not yet sent, and the socket's buffer) may be capped: at
+ *   the cap every producer waits and the owner is told, until it falls below again.
  */
 
 import type { Duplex } from 'node:stream';
@@ -36,6 +38,11 @@ export class OutStream {
   lastSentAt = 0;
   /** Called once, after the frame with END is encoded. */
   onFinished: (() => void) | undefined;
+  /**
+   * performance.now() since when this stream has had bytes to send and no credit to send them
+   * (the peer grants no window); 0 while it is not so stalled.
+   */
+  stalledSince = 0;
 
   queue: Buffer[] = [];
   queued = 0;
@@ -43,9 +50,20 @@ export class OutStream {
   started = false;
   done = false;
   inRing = false;
+  /** In its outbox's list of producers waiting for the outbox to fall below its cap. */
+  parked = false;
+  readonly #box: Outbox;
   #waiter: (() => void) | undefined;
 
-  constructor(id: number, type: number, firstType: number, firstCode: number, credit: number) {
+  constructor(
+    box: Outbox,
+    id: number,
+    type: number,
+    firstType: number,
+    firstCode: number,
+    credit: number,
+  ) {
+    this.#box = box;
     this.id = id;
     this.type = type;
     this.firstType = firstType;
@@ -53,9 +71,9 @@ export class OutStream {
     this.credit = credit;
   }
 
-  /** True while the producer should wait before pushing more. */
+  /** True while the producer should wait before pushing more: its queue, or its outbox, is full. */
   get full(): boolean {
-    return this.queued >= STREAM_HIGH_WATER;
+    return this.queued >= STREAM_HIGH_WATER || this.#box.over;
   }
 
   /** Resolves once the queue has room again (or the stream is done). */
@@ -63,16 +81,25 @@ export class OutStream {
     if (!this.full || this.done) return Promise.resolve();
     return new Promise((resolve) => {
       this.#waiter = resolve;
+      this.#parkIfOutboxFull();
     });
   }
 
-  /** Wakes a waiting producer. */
+  /** Wakes a waiting producer, if it may go on. */
   wake(): void {
     const waiter = this.#waiter;
-    if (waiter && (!this.full || this.done)) {
+    if (waiter === undefined) return;
+    if (!this.full || this.done) {
       this.#waiter = undefined;
       waiter();
+    } else {
+      this.#parkIfOutboxFull();
     }
+  }
+
+  /** Waiting only for the outbox (not for its own queue): the outbox wakes it when under its cap. */
+  #parkIfOutboxFull(): void {
+    if (this.queued < STREAM_HIGH_WATER && this.#box.over) this.#box.park(this);
   }
 
   /** True when a frame can be sent now. */
@@ -92,6 +119,15 @@ export interface OutboxOptions {
   onBlocked?: (blocked: boolean) => void;
   /** A counter shared with other outboxes (the server's total), told what is written too. */
   total?: { bytesOut: number };
+  /**
+   * The most the outbox holds (stream bytes not yet sent, plus the socket's buffer) before it is
+   * *over*: every stream's producer waits and `onOver(true)` is called, until it falls one
+   * frame (64 KiB, or half the cap if that is less) below.
+   * @default Infinity
+   */
+  maxHeld?: number;
+  /** Told when the outbox goes over `maxHeld` (true) and back under it (false). */
+  onOver?: (over: boolean) => void;
 }
 
 /** A round-robin queue of streams with frames to send. */
@@ -126,14 +162,25 @@ export class Outbox {
   readonly #onBlocked: ((blocked: boolean) => void) | undefined;
   readonly #total: { bytesOut: number } | undefined;
   readonly #ring = new Ring();
+  readonly #maxHeld: number;
+  /** Once over, the outbox is under again when it holds less than this. */
+  readonly #lowWater: number;
+  readonly #onOver: ((over: boolean) => void) | undefined;
   #scheduled = false;
   #continuing = false;
   #blocked = false;
   #closed = false;
+  #over = false;
+  /** Streams whose producers wait for the outbox to fall below its cap. */
+  #parked: OutStream[] = [];
   /** performance.now() when the socket's buffer filled; 0 while it is not full. */
   blockedSince = 0;
+  /** performance.now() since when the outbox has been over its cap; 0 while it is not. */
+  overSince = 0;
   /** Bytes written to the socket so far. */
   bytesOut = 0;
+  /** Bytes pushed to streams and not yet encoded into frames. */
+  queued = 0;
 
   constructor(socket: Duplex, options: OutboxOptions) {
     this.#socket = socket;
@@ -141,6 +188,9 @@ export class Outbox {
     this.#frameSize = Math.min(options.maxFramePayload, STREAM_FRAME_SIZE);
     this.#onBlocked = options.onBlocked;
     this.#total = options.total;
+    this.#maxHeld = options.maxHeld ?? Number.POSITIVE_INFINITY;
+    this.#lowWater = this.#maxHeld - Math.min(this.#frameSize, this.#maxHeld / 2);
+    this.#onOver = options.onOver;
     socket.on('drain', this.#drainListener);
   }
 
@@ -176,6 +226,23 @@ export class Outbox {
     return this.#blocked;
   }
 
+  /** True while the outbox holds `maxHeld` bytes or more. */
+  get over(): boolean {
+    return this.#over;
+  }
+
+  /** Bytes held now: in streams, encoded and not yet written, and in the socket's buffer. */
+  get held(): number {
+    return this.queued + this.#encoder.pending + this.#socket.writableLength;
+  }
+
+  /** @internal A stream's producer waits for the outbox to fall below its cap. */
+  park(s: OutStream): void {
+    if (s.parked) return;
+    s.parked = true;
+    this.#parked.push(s);
+  }
+
   /** Queues one frame; it goes out with the others written in this turn of the event loop. */
   frame(type: number, flags: number, code: number, id: number, payload?: Uint8Array): void {
     if (this.#closed) return;
@@ -191,7 +258,7 @@ export class Outbox {
     firstCode: number,
     credit: number,
   ): OutStream {
-    return new OutStream(id, type, firstType, firstCode, credit);
+    return new OutStream(this, id, type, firstType, firstCode, credit);
   }
 
   /** Adds a piece to a stream's body. */
@@ -199,6 +266,9 @@ export class Outbox {
     if (s.done || s.ended || chunk.length === 0) return;
     s.queue.push(chunk);
     s.queued += chunk.length;
+    this.queued += chunk.length;
+    if (s.credit <= 0 && s.stalledSince === 0) s.stalledSince = performance.now();
+    if (!this.#over && this.held >= this.#maxHeld) this.#setOver(true);
     this.#ready(s);
   }
 
@@ -212,6 +282,7 @@ export class Outbox {
   /** The peer granted `n` more bytes for this stream. */
   credit(s: OutStream, n: number): void {
     s.credit += n;
+    if (s.credit > 0) s.stalledSince = 0;
     this.#ready(s);
   }
 
@@ -219,9 +290,12 @@ export class Outbox {
   abort(s: OutStream): void {
     if (s.done) return;
     s.done = true;
+    this.queued -= s.queued;
     s.queue = [];
     s.queued = 0;
+    s.stalledSince = 0;
     s.wake();
+    if (this.#over) this.#checkOver();
   }
 
   /** Writes everything queued now (before an end or a close). */
@@ -283,6 +357,9 @@ export class Outbox {
       this.blockedSince = performance.now();
       this.#onBlocked?.(true);
     }
+    // Only while the socket is full can what it holds approach the cap (the stream bytes are
+    // checked as they are pushed), so a write the socket took at once costs no check.
+    if (!ok || this.#over) this.#checkOver();
     // More stream frames are waiting: let input (CANCEL, WINDOW) in before the next batch.
     if (this.#ring.size > 0 && !this.#blocked && !this.#continuing) {
       this.#continuing = true;
@@ -298,7 +375,30 @@ export class Outbox {
     this.#blocked = false;
     this.blockedSince = 0;
     this.#onBlocked?.(false);
+    if (this.#over) this.#checkOver();
     if (this.#ring.size > 0) this.#schedule();
+  }
+
+  #checkOver(): void {
+    const held = this.held;
+    // Back under only once a frame's worth below the cap: a client granting a byte at a time must
+    // not wake every producer for each byte.
+    const over = this.#over ? held >= this.#lowWater : held >= this.#maxHeld;
+    if (over !== this.#over) this.#setOver(over);
+  }
+
+  #setOver(over: boolean): void {
+    this.#over = over;
+    this.overSince = over ? performance.now() : 0;
+    if (!over && this.#parked.length > 0) {
+      const parked = this.#parked;
+      this.#parked = [];
+      for (const s of parked) {
+        s.parked = false;
+        s.wake();
+      }
+    }
+    this.#onOver?.(over);
   }
 
   /** Encodes stream frames in round-robin until the socket is full or the batch is big enough. */
@@ -334,7 +434,9 @@ export class Outbox {
         }
       }
       s.queued -= n;
+      this.queued -= n;
       s.credit -= n;
+      if (s.credit <= 0 && s.queued > 0) s.stalledSince ||= now;
       if (last) {
         s.done = true;
         s.wake();

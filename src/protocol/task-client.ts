@@ -35,12 +35,14 @@ import {
 } from '../options.js';
 import { noop } from '../util.js';
 import {
+  decodeTaskList,
   encodeClientHello,
   type Frame,
   FrameDecoder,
   isRefusal,
   type ServerHello,
   ServerHelloDecoder,
+  type TaskInfo,
   windowPayload,
 } from './codec.js';
 import {
@@ -101,12 +103,7 @@ export interface CallOptions {
   timeout?: number;
 }
 
-/** A task the server has registered, as it lists them. */
-export interface TaskInfo {
-  code: number;
-  /** '' when the task was registered without a name. */
-  name: string;
-}
+export type { TaskInfo } from './codec.js';
 
 /** A snapshot of a client's counters. */
 export interface TaskClientStats {
@@ -607,17 +604,7 @@ export class TaskClient {
 
   /** The server's registered tasks (reserved task 251). */
   async listTasks(): Promise<TaskInfo[]> {
-    const payload = await this.call(ReservedTask.LIST_TASKS);
-    const tasks: TaskInfo[] = [];
-    let off = 0;
-    while (off + 2 <= payload.length) {
-      const code = payload[off]!;
-      const n = payload[off + 1]!;
-      if (off + 2 + n > payload.length) break;
-      tasks.push({ code, name: payload.toString('utf8', off + 2, off + 2 + n) });
-      off += 2 + n;
-    }
-    return tasks;
+    return decodeTaskList(await this.call(ReservedTask.LIST_TASKS));
   }
 
   /** Runs the keep-alive task (250); resolves with the round trip in ms. */

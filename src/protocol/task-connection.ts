@@ -48,6 +48,7 @@ export interface TaskLimits {
   maxFramePayload: number;
   maxMessageSize: number;
   maxBufferedBytes: number;
+  maxOutboundBytes: number;
   maxTasksInFlight: number;
   waitTimeout: number;
   readTimeout: number;
@@ -88,6 +89,10 @@ export interface TaskConnectionStats {
   tasksTotal: number;
   bytesIn: number;
   bytesOut: number;
+  /** Message bytes held now for tasks still receiving or waiting for their turn. */
+  bufferedBytes: number;
+  /** Response bytes held now: waiting for the client's window, or in the socket's buffer. */
+  outboundBytes: number;
 }
 
 /** After the last frame, how long a closing connection keeps reading so its last words arrive. */
@@ -413,7 +418,19 @@ export class TaskConnection {
       tasksTotal: this.#tasksTotal,
       bytesIn: this.#bytesIn,
       bytesOut: this.#bytesOutDirect + (this.#outbox?.bytesOut ?? 0),
+      bufferedBytes: this.#buffered,
+      outboundBytes: this.outboundBytes,
     };
+  }
+
+  /** Response bytes held now for this client (see `maxOutboundBytes`). */
+  get outboundBytes(): number {
+    return this.#outbox?.held ?? 0;
+  }
+
+  /** Message bytes held now for this client (see `maxBufferedBytes`). */
+  get bufferedBytes(): number {
+    return this.#buffered;
   }
 
   /** The ids of the active tasks, ascending. */
@@ -642,6 +659,8 @@ export class TaskConnection {
       maxFramePayload: this.#peerMaxFrame,
       onBlocked: (blocked) => this.#setPause(PAUSE_BLOCKED, blocked),
       total: this.#core.counters,
+      maxHeld: this.#limits.maxOutboundBytes,
+      onOver: (over) => this.#onOutboundOver(over),
     });
     // Made after the end (a task answering late): closed like the one it would have been.
     if (this.#state >= CLOSING) this.#outbox.close();
@@ -681,7 +700,7 @@ export class TaskConnection {
   #onStart(frame: Frame): void {
     const id = frame.id;
     if (this.#tasks.get(id) !== undefined) {
-      this.#fatal(ErrorCode.DUPLICATE_TASK_ID, `task id ${id} is already active`, id, true);
+      this.#fatal(ErrorCode.DUPLICATE_TASK_ID, `task id ${id} is already active`, id, 'protocol');
       return;
     }
     const counters = this.#core.counters;
@@ -750,7 +769,7 @@ export class TaskConnection {
         ErrorCode.BAD_FRAME,
         `DATA for task ${frame.id} after the end of its message`,
         frame.id,
-        true,
+        'protocol',
       );
       return;
     }
@@ -775,14 +794,11 @@ export class TaskConnection {
       return false;
     }
     if (this.#buffered + n > limits.maxBufferedBytes) {
-      if (this.#parseWaiting()) {
+      if (this.#mayPauseForBudget()) {
         // A complete message waits for its parse turn: pausing cannot deadlock, so push back.
         this.#setPause(PAUSE_BUDGET, true);
       } else {
-        this.#rejectReceiving(
-          task,
-          `the server holds ${this.#buffered} bytes of unparsed messages from this client; the limit is ${limits.maxBufferedBytes}`,
-        );
+        this.#rejectReceiving(task, this.#overBudget(this.#buffered + n));
         return false;
       }
     }
@@ -810,7 +826,7 @@ export class TaskConnection {
         ErrorCode.BAD_FRAME,
         `WINDOW for task ${frame.id} takes its window over 2^32-1`,
         frame.id,
-        true,
+        'protocol',
       );
       return;
     }
@@ -870,29 +886,74 @@ export class TaskConnection {
   // --- running tasks --------------------------------------------------------------------------------
 
   #messageComplete(task: ServerTask): void {
-    if (task.entry.parse) {
-      // The whole message is held while it waits for its parse turn.
-      const extra = task.size - task.held;
-      task.held = task.size;
-      this.#buffered += extra;
-      task.state = QUEUED;
-      this.#parseQueue ??= [];
-      this.#parseQueue.push(task);
-      if (this.#buffered > this.#limits.maxBufferedBytes) this.#setPause(PAUSE_BUDGET, true);
-      if (!this.#parsing) this.#pumpParse();
+    const full = this.#outboundFull();
+    if (task.entry.parse === undefined && !full) {
+      if (task.held > 0) {
+        this.#buffered -= task.held;
+        task.held = 0;
+        this.#checkBudget();
+      }
+      this.#run(task, task.takeMessage());
       return;
     }
-    if (task.held > 0) {
-      this.#buffered -= task.held;
-      task.held = 0;
-      this.#checkBudget();
+    // The whole message is held while it waits for its parse turn, or (the server holding all it
+    // may for this client) for the client to take what is waiting.
+    const extra = task.size - task.held;
+    const limit = this.#limits.maxBufferedBytes;
+    if (full && extra > 0 && this.#buffered + extra > limit) {
+      this.#release(task);
+      const message = this.#overBudget(this.#buffered + extra);
+      this.#finishError(task, ErrorCode.MESSAGE_TOO_LARGE, message, Outcome.REJECTED);
+      return;
     }
-    this.#run(task, task.takeMessage());
+    task.held = task.size;
+    this.#buffered += extra;
+    task.state = QUEUED;
+    this.#parseQueue ??= [];
+    this.#parseQueue.push(task);
+    if (this.#buffered > limit) this.#setPause(PAUSE_BUDGET, true);
+    if (!this.#parsing) this.#pumpParse();
   }
 
-  /** True while a complete message waits for (or is in) its parse turn. */
-  #parseWaiting(): boolean {
-    return this.#parsing || this.#parseHead < (this.#parseQueue?.length ?? 0);
+  /**
+   * True while the server holds `maxOutboundBytes` or more for this client: it starts no task for
+   * it (complete messages wait), and every streamed response waits, until the client takes some.
+   */
+  #outboundFull(): boolean {
+    return this.#outbox?.over === true;
+  }
+
+  /**
+   * The outbox went over its cap, or back under. Reading goes on while over: the WINDOW frames
+   * that let it drain come on the same socket (a server that stopped reading would never see
+   * them). So the budget pause is lifted, and new message bytes past the budget get Error 203.
+   */
+  #onOutboundOver(over: boolean): void {
+    if (over) {
+      this.#core.counters.outboundFull++;
+      if ((this.#pause & PAUSE_BUDGET) !== 0) this.#setPause(PAUSE_BUDGET, false);
+      return;
+    }
+    // Not from inside the outbox's call (an abort while tasks are being dropped): a turn later.
+    queueMicrotask(() => {
+      if (this.#state < CLOSING && !this.#outboundFull() && !this.#parsing) this.#pumpParse();
+    });
+  }
+
+  /**
+   * True when pausing the socket until queued messages are taken cannot deadlock: a parse is
+   * pending and nothing waits on the client (while the outbox is full, the client's WINDOW frames
+   * must still be read).
+   */
+  #mayPauseForBudget(): boolean {
+    return (
+      !this.#outboundFull() && (this.#parsing || this.#parseHead < (this.#parseQueue?.length ?? 0))
+    );
+  }
+
+  /** Error 203 for a task whose message does not fit in what the client may have buffered. */
+  #overBudget(wanted: number): string {
+    return `the server holds ${this.#buffered} bytes of messages from this client and would need ${wanted}; the limit is ${this.#limits.maxBufferedBytes}`;
   }
 
   /** Lets go of a task's message and its share of the buffered total. */
@@ -906,6 +967,7 @@ export class TaskConnection {
     for (;;) {
       const queue = this.#parseQueue;
       if (this.#parsing || queue === undefined || this.#parseHead >= queue.length) break;
+      if (this.#outboundFull()) break; // resumed by #onOutboundOver
       const task = queue[this.#parseHead]!;
       queue[this.#parseHead++] = undefined;
       if (this.#parseHead === queue.length) {
@@ -915,6 +977,10 @@ export class TaskConnection {
       if (task.state === DONE) continue; // cancelled while it waited
       this.#buffered -= task.held;
       task.held = 0;
+      if (task.entry.parse === undefined) {
+        this.#run(task, task.takeMessage()); // it waited only for the outbox
+        continue;
+      }
       task.state = PARSING;
       let step: unknown;
       try {
@@ -1250,16 +1316,20 @@ export class TaskConnection {
   }
 
   #protocolError(err: TaskProtocolError): void {
-    this.#fatal(err.errorCode, err.message, 0, true);
+    this.#fatal(err.errorCode, err.message, 0, 'protocol');
   }
 
   /** FATAL and close: the connection cannot go on. Active tasks are dropped unanswered. */
-  #fatal(code: number, message: string, id: number, isProtocolError: boolean): void {
+  #fatal(code: number, message: string, id: number, why: 'protocol' | 'read' | 'write'): void {
     if (this.#state >= CLOSING) return;
-    const error = isProtocolError
-      ? new TaskProtocolError(code, message)
-      : new TaskTimeoutError('read', message);
-    if (isProtocolError) this.#countProtocolError(error as TaskProtocolError);
+    let error: Error;
+    if (why === 'protocol') {
+      const protocolError = new TaskProtocolError(code, message);
+      this.#countProtocolError(protocolError);
+      error = protocolError;
+    } else {
+      error = new TaskTimeoutError(why, message);
+    }
     this.#out().frame(ServerFrame.FATAL, 0, code, id, truncateUtf8(message, MAX_ERROR_MESSAGE));
     this.#abandon(error);
     this.#endConnection();
@@ -1267,11 +1337,30 @@ export class TaskConnection {
 
   // --- timeouts -------------------------------------------------------------------------------------
 
-  #timedOut(kind: 'wait' | 'read' | 'write', message: string): void {
+  /**
+   * Ends, with Error 232, each task whose response has had bytes waiting and no window to send
+   * them for `writeTimeout` ms: its bytes are let go, and the connection goes on.
+   */
+  #endStalled(now: number, writeTimeout: number): void {
+    for (const task of this.#tasks.values()) {
+      const out = task.out;
+      if (out === undefined || out.stalledSince === 0 || now - out.stalledSince < writeTimeout) {
+        continue;
+      }
+      const message = `the client granted no window for task ${task.id} for ${writeTimeout} ms, with ${out.queued} bytes of its response waiting`;
+      this.#timedOut('window', message);
+      task.abort(new TaskTimeoutError('window', message));
+      this.#stopResponse(task);
+      this.#finishError(task, ErrorCode.WRITE_TIMEOUT, message, Outcome.TIMEOUT);
+    }
+  }
+
+  #timedOut(kind: 'wait' | 'read' | 'write' | 'window', message: string): void {
     const counters = this.#core.counters;
     if (kind === 'wait') counters.waitTimeouts++;
     else if (kind === 'read') counters.readTimeouts++;
-    else counters.writeTimeouts++;
+    else if (kind === 'write') counters.writeTimeouts++;
+    else counters.windowTimeouts++;
     if (timeoutChannel.hasSubscribers) {
       timeoutChannel.publish({ service: this.#core.service, client: this, timeout: kind, message });
     }
@@ -1306,6 +1395,20 @@ export class TaskConnection {
       this.#socket.destroy();
       return;
     }
+    if (limits.writeTimeout > 0 && outbox !== undefined && outbox.queued > 0) {
+      this.#endStalled(now, limits.writeTimeout);
+    }
+    if (
+      limits.writeTimeout > 0 &&
+      outbox !== undefined &&
+      outbox.overSince > 0 &&
+      now - outbox.overSince >= limits.writeTimeout
+    ) {
+      const message = `the server has held over ${limits.maxOutboundBytes} bytes for this client for ${limits.writeTimeout} ms (${outbox.held} now)`;
+      this.#timedOut('write', message);
+      this.#fatal(ErrorCode.WRITE_TIMEOUT, message, 0, 'write');
+      return;
+    }
     if (readTimeout > 0 && this.#pause === 0) {
       const since = Math.max(this.#lastReadAt, this.#resumedAt);
       let stalled: string | undefined;
@@ -1324,7 +1427,7 @@ export class TaskConnection {
       }
       if (stalled !== undefined) {
         this.#timedOut('read', stalled);
-        this.#fatal(ErrorCode.READ_TIMEOUT, stalled, 0, false);
+        this.#fatal(ErrorCode.READ_TIMEOUT, stalled, 0, 'read');
         return;
       }
     }

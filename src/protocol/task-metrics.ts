@@ -25,9 +25,14 @@ export const OUTCOMES = [
   'shutdown',
   /** No answer: the connection ended first. */
   'abandoned',
+  /** Error 232: its response waited for the client's window longer than the write timeout. */
+  'timeout',
 ] as const;
 
-/** How a task ended: `ok`, `error`, `internal`, `cancelled`, `rejected`, `shutdown` or `abandoned`. */
+/**
+ * How a task ended: `ok`, `error`, `internal`, `cancelled`, `rejected`, `shutdown`, `abandoned`
+ * or `timeout`.
+ */
 export type Outcome = (typeof OUTCOMES)[number];
 
 /** Each outcome's index in the counters. */
@@ -39,6 +44,7 @@ export const Outcome = Object.freeze({
   REJECTED: 4,
   SHUTDOWN: 5,
   ABANDONED: 6,
+  TIMEOUT: 7,
 } as const);
 
 const OUTCOME_COUNT = OUTCOMES.length;
@@ -61,7 +67,10 @@ export class TaskCounters {
   waitTimeouts = 0;
   readTimeouts = 0;
   writeTimeouts = 0;
-  /** Tasks ended, by code (0 to 255) and outcome: `byCode[code * 7 + outcome]`. */
+  windowTimeouts = 0;
+  /** Times a client's held responses reached `maxOutboundBytes`. */
+  outboundFull = 0;
+  /** Tasks ended, by code (0 to 255) and outcome: `byCode[code * OUTCOME_COUNT + outcome]`. */
   readonly byCode = new Float64Array(256 * OUTCOME_COUNT);
 
   /** Durations (seconds) by task code. */
@@ -107,8 +116,17 @@ export interface TaskServerStats {
   bytesOut: number;
   /** Connections ended because the peer broke the protocol. */
   protocolErrors: number;
-  /** Clients ended by each timeout. */
-  timeouts: { wait: number; read: number; write: number };
+  /**
+   * Expired timeouts: `wait`, `read` and `write` each ended a client; `window` ended a task whose
+   * response waited for the client's window too long (Error 232).
+   */
+  timeouts: { wait: number; read: number; write: number; window: number };
+  /** Message bytes held now for tasks receiving or waiting for their turn, over every client. */
+  bufferedBytes: number;
+  /** Response bytes held now (waiting for a window or in a socket's buffer), over every client. */
+  outboundBytes: number;
+  /** Times a client's held responses reached `maxOutboundBytes` (its new tasks then waited). */
+  outboundFull: number;
 }
 
 const TASK_METRICS: readonly StatMetric<TaskServerStats>[] = [
@@ -156,10 +174,28 @@ const TASK_METRICS: readonly StatMetric<TaskServerStats>[] = [
   },
   {
     name: 'berth_task_timeouts_total',
-    help: 'Task-protocol clients ended by a timeout.',
+    help: 'Task-protocol timeouts that ended a client (wait, read, write) or a task (window).',
     type: 'counter',
     label: 'timeout',
     read: (s) => s.timeouts,
+  },
+  {
+    name: 'berth_task_buffered_bytes',
+    help: 'Message bytes held for tasks not yet running.',
+    type: 'gauge',
+    read: (s) => s.bufferedBytes,
+  },
+  {
+    name: 'berth_task_outbound_bytes',
+    help: 'Response bytes held: waiting for a client window or in a socket buffer.',
+    type: 'gauge',
+    read: (s) => s.outboundBytes,
+  },
+  {
+    name: 'berth_task_outbound_full_total',
+    help: 'Times a client reached maxOutboundBytes, so that its new tasks waited.',
+    type: 'counter',
+    read: (s) => s.outboundFull,
   },
 ];
 

@@ -69,6 +69,15 @@ export interface TaskServerOptions extends Partial<PortTarget & PathTarget & FdT
    * @default 16777216 (16 MiB)
    */
   maxBufferedBytes?: number;
+  /**
+   * Response bytes held per client: waiting for the client's window, or in the socket's buffer.
+   * At it, the client's new tasks wait (and past `maxBufferedBytes` of waiting messages get Error
+   * 203) and streamed responses pause, until the client takes some. A task whose response waits
+   * for a window longer than `writeTimeout` ends with Error 232; a client held over this limit
+   * for `writeTimeout` gets FATAL 232.
+   * @default 16777216 (16 MiB)
+   */
+  maxOutboundBytes?: number;
   /** Tasks one client may have active; over it, Error 202 for that task. @default 1024 */
   maxTasksInFlight?: number;
   /** Connections beyond this many are refused in the handshake (222). @default no limit */
@@ -77,7 +86,11 @@ export interface TaskServerOptions extends Partial<PortTarget & PathTarget & FdT
   waitTimeout?: number;
   /** A started hello, frame or message stalls this long: FATAL 231 and close. @default 5000 (5 s) */
   readTimeout?: number;
-  /** The client reads nothing of what is waiting for this long: the connection is dropped. @default 5000 (5 s) */
+  /**
+   * The client reads nothing of what is waiting for this long: the connection is dropped. Also
+   * how long a task's response may wait for the client's window (then Error 232), and a client
+   * may be held over `maxOutboundBytes` (then FATAL 232). @default 5000 (5 s)
+   */
   writeTimeout?: number;
   /** A running task quiet for this long gets a PROCESSING frame. 0 for never. @default 60000 (1 min) */
   processingInterval?: number;
@@ -95,6 +108,7 @@ export const TASK_SERVER_DEFAULTS = Object.freeze({
   maxFramePayload: 1_048_576, // 1 MiB
   maxMessageSize: 4_194_304, // 4 MiB, gRPC's default receive limit
   maxBufferedBytes: 16_777_216, // 16 MiB per client
+  maxOutboundBytes: 16_777_216, // 16 MiB per client
   maxTasksInFlight: 1_024, // per client
   maxClients: Number.POSITIVE_INFINITY, // no limit
   waitTimeout: 1_800_000, // 30 min: the seed's wait timeout
@@ -115,6 +129,7 @@ const KNOWN_OPTIONS = [
   'maxFramePayload',
   'maxMessageSize',
   'maxBufferedBytes',
+  'maxOutboundBytes',
   'maxTasksInFlight',
   'maxClients',
   'waitTimeout',
@@ -191,6 +206,9 @@ export class TaskServer implements Service {
       ),
       maxMessageSize,
       maxBufferedBytes,
+      maxOutboundBytes: optional(options.maxOutboundBytes, D.maxOutboundBytes, (v) =>
+        validateInteger(v, 'maxOutboundBytes', { min: 1 }),
+      ),
       maxTasksInFlight: optional(options.maxTasksInFlight, D.maxTasksInFlight, (v) =>
         validateInteger(v, 'maxTasksInFlight', { min: 1, max: MAX_U32 }),
       ),
@@ -269,6 +287,8 @@ export class TaskServer implements Service {
       name: this.name,
       ...(connection ? { connection } : { server }),
       registry,
+      // The outbox bounds what it holds for each client, the socket's buffer included.
+      maxWriteBuffer: Number.POSITIVE_INFINITY,
       handler: (socket, ctx) => this.#serve(socket, ctx),
     });
     this.#timed = registry !== null;
@@ -475,6 +495,12 @@ export class TaskServer implements Service {
   get stats(): TaskServerStats {
     const c = this.#counters;
     const tcp = this.#tcp.stats;
+    let bufferedBytes = 0;
+    let outboundBytes = 0;
+    for (const conn of this.#connections) {
+      bufferedBytes += conn.bufferedBytes;
+      outboundBytes += conn.outboundBytes;
+    }
     return {
       listening: tcp.listening,
       address: tcp.address,
@@ -487,7 +513,15 @@ export class TaskServer implements Service {
       bytesIn: c.bytesIn,
       bytesOut: c.bytesOut,
       protocolErrors: c.protocolErrors,
-      timeouts: { wait: c.waitTimeouts, read: c.readTimeouts, write: c.writeTimeouts },
+      timeouts: {
+        wait: c.waitTimeouts,
+        read: c.readTimeouts,
+        write: c.writeTimeouts,
+        window: c.windowTimeouts,
+      },
+      bufferedBytes,
+      outboundBytes,
+      outboundFull: c.outboundFull,
     };
   }
 

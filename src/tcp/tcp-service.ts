@@ -6,10 +6,15 @@
 
 import { channel } from 'node:diagnostics_channel';
 import { createServer, Server, type Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
+import { type Duplex, Writable } from 'node:stream';
 import { Server as TlsServer } from 'node:tls';
 import type { Registry } from 'prom-client';
-import { ServiceClosingError, ServiceDestroyedError, ShutdownTimeoutError } from '../errors.js';
+import {
+  ServiceClosingError,
+  ServiceDestroyedError,
+  ShutdownTimeoutError,
+  WriteBufferFullError,
+} from '../errors.js';
 import { Lifecycle } from '../lifecycle.js';
 import {
   type FdTarget,
@@ -57,7 +62,11 @@ export interface ConnectionContext {
  * until its promise settles; then berth ends the connection, flushing what was written. A
  * handler that returns nothing owns it until the connection closes, which suits the
  * event-style `conn.pipe(conn)`. A handler that throws or rejects is counted under `error` and
- * its connection destroyed; the service goes on.
+ * its connection destroyed; the service goes on. (One that rejects with its connection's own
+ * error, a reset or a broken pipe, is counted under `peerErrors` instead: the peer left.)
+ *
+ * Respect backpressure: when `conn.write()` returns false, wait for 'drain' before writing more,
+ * or use `stream.pipeline`. A connection whose unsent bytes pass `maxWriteBuffer` is destroyed.
  */
 export type ConnectionHandler = (conn: Duplex, ctx: ConnectionContext) => void | Promise<void>;
 
@@ -73,6 +82,14 @@ export interface TcpServiceOptions extends Partial<PortTarget & PathTarget & FdT
   server?: Server;
   /** Connections beyond this many open ones are closed at once and counted under `dropped`. */
   maxConnections?: number;
+  /**
+   * Bytes a connection may have waiting to be sent (`conn.writableLength`): a handler that
+   * writes more while its peer reads nothing has its connection destroyed, counted under
+   * `overflows`, so one peer cannot make the process hold without bound what a careless
+   * handler writes. `Infinity` for no limit.
+   * @default 16777216 (16 MiB)
+   */
+  maxWriteBuffer?: number;
   /** Default for `close()`'s `timeout`. @default 5000 (5 s, the seed's) */
   shutdownTimeout?: number;
   /** When it aborts, the service closes (like the seed's context). */
@@ -104,12 +121,17 @@ export interface TcpStats {
   dropped: number;
   /** Errors accepting connections (EMFILE, ENFILE, ...): counted, not fatal. */
   acceptErrors: number;
+  /** Connections destroyed because their unsent bytes passed `maxWriteBuffer`. */
+  overflows: number;
+  /** Handlers that ended with their connection's own error (a reset, a broken pipe). */
+  peerErrors: number;
 }
 
 export const TCP_SERVICE_DEFAULTS = Object.freeze({
   name: 'tcp',
   shutdownTimeout: 5_000, // 5 s: the seed's shutdown budget
   maxConnections: Number.POSITIVE_INFINITY, // no limit
+  maxWriteBuffer: 16_777_216, // 16 MiB per connection
 });
 
 const KNOWN_OPTIONS = [
@@ -117,6 +139,7 @@ const KNOWN_OPTIONS = [
   'name',
   'server',
   'maxConnections',
+  'maxWriteBuffer',
   'shutdownTimeout',
   'signal',
   'registry',
@@ -126,6 +149,8 @@ const KNOWN_OPTIONS = [
 
 const connectionChannel = channel('berth:tcp:connection');
 const errorChannel = channel('berth:tcp:error');
+const peerErrorChannel = channel('berth:tcp:peer-error');
+const overflowChannel = channel('berth:tcp:overflow');
 const closeChannel = channel('berth:tcp:close');
 
 const TCP_METRICS: readonly StatMetric<TcpStats>[] = [
@@ -171,7 +196,37 @@ const TCP_METRICS: readonly StatMetric<TcpStats>[] = [
     type: 'counter',
     read: (s) => s.acceptErrors,
   },
+  {
+    name: 'berth_tcp_write_overflows_total',
+    help: 'Connections destroyed because their unsent bytes passed maxWriteBuffer.',
+    type: 'counter',
+    read: (s) => s.overflows,
+  },
+  {
+    name: 'berth_tcp_peer_errors_total',
+    help: 'Handlers that ended with their connection reset or broken by the peer.',
+    type: 'counter',
+    read: (s) => s.peerErrors,
+  },
 ];
+
+/** Where a guarded socket finds its connection (see `guardWrites`). */
+const kConnection = Symbol('berth.tcp.connection');
+const writableWrite = Writable.prototype.write;
+
+type GuardedSocket = Socket & { [kConnection]: Connection };
+
+/**
+ * `write` for a socket with a ceiling: the stream's own write, then a look at what waits unsent.
+ * Only a write that returns false (the buffer is past its high-water mark) can be over the
+ * limit, so a well-behaved handler pays one comparison per write. One function for every
+ * socket; the socket finds its connection through a symbol, so nothing is made per connection.
+ */
+function guardedWrite(this: GuardedSocket, ...args: unknown[]): boolean {
+  const ok = Reflect.apply(writableWrite, this, args) as boolean;
+  if (!ok) this[kConnection].checkWriteBuffer();
+  return ok;
+}
 
 /** One accepted connection: its context for the handler, and berth's bookkeeping. */
 class Connection implements ConnectionContext {
@@ -184,6 +239,11 @@ class Connection implements ConnectionContext {
   activity: { end(): void } | undefined;
   /** An event-style (sync) handler's run lasts until the socket closes. */
   runsUntilClose = false;
+  /** Destroyed for passing `maxWriteBuffer`: what the handler does next is not its fault. */
+  overflowed = false;
+  /** Set for a guarded socket: told when the write buffer passes the limit. */
+  onOverflow: ((conn: Connection) => void) | undefined;
+  maxWriteBuffer = Number.POSITIVE_INFINITY;
   /** Neighbours in the service's list of open connections. */
   prev: Connection | undefined;
   next: Connection | undefined;
@@ -204,6 +264,12 @@ class Connection implements ConnectionContext {
 
   get remoteAddress(): string | undefined {
     return this.socket.remoteAddress;
+  }
+
+  checkWriteBuffer(): void {
+    if (!this.overflowed && this.socket.writableLength > this.maxWriteBuffer) {
+      this.onOverflow?.(this);
+    }
   }
 
   get remotePort(): number | undefined {
@@ -264,10 +330,14 @@ export class TcpService implements Service {
   readonly #handshaking: Set<Socket> | undefined;
   readonly #lifecycle: Lifecycle;
 
+  readonly #maxWriteBuffer: number;
+  readonly #onOverflow = (conn: Connection): void => this.#overflow(conn);
   #busy = 0;
   #count = 0;
   #errors = 0;
   #dropped = 0;
+  #overflows = 0;
+  #peerErrors = 0;
   readonly #listener: Listener;
   #activity: ActivitySink | undefined;
 
@@ -285,6 +355,12 @@ export class TcpService implements Service {
       options.maxConnections,
       TCP_SERVICE_DEFAULTS.maxConnections,
       (v) => validateInteger(v, 'maxConnections', { min: 1 }),
+    );
+    this.#maxWriteBuffer = optional(
+      options.maxWriteBuffer,
+      TCP_SERVICE_DEFAULTS.maxWriteBuffer,
+      (v) =>
+        v === Number.POSITIVE_INFINITY ? v : validateInteger(v, 'maxWriteBuffer', { min: 1 }),
     );
     this.#target = parseListenTarget(options, 'TcpService');
     const connection = parseConnection(options, this.#target, 'TcpService');
@@ -355,6 +431,8 @@ export class TcpService implements Service {
       open: this.#connections.size,
       dropped: this.#dropped,
       acceptErrors: this.#listener.acceptErrors,
+      overflows: this.#overflows,
+      peerErrors: this.#peerErrors,
     };
   }
 
@@ -446,6 +524,7 @@ export class TcpService implements Service {
       return;
     }
     const conn = new Connection(++this.#count, socket, this.name, this.#closing.signal);
+    if (this.#maxWriteBuffer !== Number.POSITIVE_INFINITY) this.#guardWrites(conn);
     this.#connections.add(conn);
     this.#busy++;
     conn.activity = this.#activity?.begin();
@@ -491,11 +570,60 @@ export class TcpService implements Service {
   #handlerFailed(conn: Connection, err: unknown): void {
     this.#busy--;
     conn.activity?.end();
-    this.#errors++;
-    conn.socket.destroy();
-    if (errorChannel.hasSubscribers) {
-      errorChannel.publish({ service: this.name, id: conn.id, error: err });
+    const socket = conn.socket;
+    if (conn.overflowed) {
+      // Counted and published as the overflow; the handler only met the destroyed socket.
+    } else if (err !== undefined && err !== null && err === socket.errored) {
+      // The connection's own error (a reset, a broken pipe) came out of the handler: the peer
+      // left, which any client can do; not a bug in the handler.
+      this.#peerErrors++;
+      if (peerErrorChannel.hasSubscribers) {
+        peerErrorChannel.publish({ service: this.name, id: conn.id, error: err });
+      }
+    } else {
+      this.#errors++;
+      if (errorChannel.hasSubscribers) {
+        errorChannel.publish({ service: this.name, id: conn.id, error: err });
+      }
     }
+    socket.destroy();
     this.#lifecycle.poke();
+  }
+
+  /** Makes the socket's `write` check its unsent bytes against `maxWriteBuffer`. */
+  #guardWrites(conn: Connection): void {
+    const socket = conn.socket as GuardedSocket;
+    conn.maxWriteBuffer = this.#maxWriteBuffer;
+    conn.onOverflow = this.#onOverflow;
+    if (socket.write === writableWrite) {
+      socket[kConnection] = conn;
+      socket.write = guardedWrite as Socket['write'];
+    } else {
+      // A socket class with a write of its own (not Node's): wrap that one.
+      const own = socket.write;
+      socket.write = function (this: Socket, ...args: unknown[]): boolean {
+        const ok = Reflect.apply(own, this, args) as boolean;
+        if (!ok) conn.checkWriteBuffer();
+        return ok;
+      } as Socket['write'];
+    }
+  }
+
+  #overflow(conn: Connection): void {
+    conn.overflowed = true;
+    this.#overflows++;
+    const socket = conn.socket;
+    const error = new WriteBufferFullError(this.name, socket.writableLength, this.#maxWriteBuffer);
+    conn.controller?.abort(error);
+    if (overflowChannel.hasSubscribers) {
+      overflowChannel.publish({
+        service: this.name,
+        id: conn.id,
+        bytes: socket.writableLength,
+        limit: this.#maxWriteBuffer,
+        error,
+      });
+    }
+    socket.destroy();
   }
 }
