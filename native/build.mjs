@@ -6,9 +6,20 @@
 // `--prebuild` (run by `prepack`) builds and copies the addon to prebuilds/<platform>-<arch>/, so
 // the published package carries it: npm 11 skips dependencies' install scripts unless the user
 // approves them, and a prebuilt N-API addon needs no install script and no rebuild for new Node
-// versions. Packing fails loudly if that build fails.
+// versions. Packing fails loudly if that build fails. The prebuild is compiled in a scratch copy
+// of binding.gyp and native/, so packing (the consumer test does it while other tests run) never
+// removes the build/ that this checkout's own tests load the addon from.
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
+import {
+  copyFileSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  renameSync,
+  rmSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -20,6 +31,12 @@ if (process.platform !== 'linux') {
   process.exit(0);
 }
 
+const cwd = prebuild ? mkdtempSync(join(tmpdir(), 'berth-prebuild-')) : root;
+if (prebuild) {
+  copyFileSync(join(root, 'binding.gyp'), join(cwd, 'binding.gyp'));
+  cpSync(join(root, 'native'), join(cwd, 'native'), { recursive: true });
+}
+
 const args = ['rebuild'];
 // Outside npm, point node-gyp at the headers that came with this Node, if any, rather than
 // letting it download them.
@@ -27,10 +44,11 @@ if (!process.env.npm_config_nodedir) {
   const prefix = dirname(dirname(process.execPath));
   if (existsSync(join(prefix, 'include', 'node', 'node_api.h'))) args.push(`--nodedir=${prefix}`);
 }
-const result = spawnSync('node-gyp', args, { cwd: root, stdio: 'inherit' });
+const result = spawnSync('node-gyp', args, { cwd, stdio: 'inherit' });
 if (result.status !== 0) {
   const why = result.error ? result.error.message : `node-gyp exited with ${result.status}`;
   if (prebuild) {
+    rmSync(cwd, { recursive: true, force: true });
     console.error(`berth: cannot prebuild the sd_notify addon: ${why}`);
     process.exit(1);
   }
@@ -42,7 +60,11 @@ if (result.status !== 0) {
 } else if (prebuild) {
   const dir = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
   mkdirSync(dir, { recursive: true });
-  copyFileSync(join(root, 'build', 'Release', 'berth_notify.node'), join(dir, 'berth_notify.node'));
+  // Copied beside, then renamed over: a process that has the old file loaded keeps its mapping.
+  const partial = join(dir, `berth_notify.node.${process.pid}`);
+  copyFileSync(join(cwd, 'build', 'Release', 'berth_notify.node'), partial);
+  renameSync(partial, join(dir, 'berth_notify.node'));
+  rmSync(cwd, { recursive: true, force: true });
   console.log(`berth: prebuilt addon in ${dir}`);
 }
 process.exit(0);

@@ -10,7 +10,13 @@
  * time through `exportHistogram`.
  */
 
-import { Counter, register as defaultRegistry, Gauge, type Registry } from 'prom-client';
+import {
+  Counter,
+  collectDefaultMetrics,
+  register as defaultRegistry,
+  Gauge,
+  type Registry,
+} from 'prom-client';
 
 export type StatValue = number | Readonly<Record<string, number>>;
 
@@ -122,6 +128,29 @@ export function exportStats<S>(
 
 /** prom-client's global registry: what services report into unless given one. */
 export { defaultRegistry };
+
+/**
+ * prom-client's defaults that are gauges named like counters. `promtool check metrics` rejects
+ * them (`non-counter metrics should not have "_total" suffix`), and a lint failure anywhere fails
+ * the whole scrape's check. Each is the sum of the per-type gauge of the same name without
+ * `_total` (`sum(nodejs_active_handles)`), so nothing is lost by leaving them out.
+ */
+export const MISNAMED_DEFAULT_METRICS = Object.freeze([
+  'nodejs_active_handles_total',
+  'nodejs_active_requests_total',
+  'nodejs_active_resources_total',
+]);
+
+/**
+ * Adds prom-client's process metrics (CPU, memory, event loop lag, GC, handles) to `registry`,
+ * less `MISNAMED_DEFAULT_METRICS`, unless the process metrics are there already (prom-client
+ * throws on a second registration; what someone else registered is left as they made it).
+ */
+export function collectProcessMetrics(registry: Registry): void {
+  if (registry.getSingleMetric('process_cpu_user_seconds_total')) return;
+  collectDefaultMetrics({ register: registry });
+  for (const name of MISNAMED_DEFAULT_METRICS) registry.removeSingleMetric(name);
+}
 
 /**
  * A histogram kept in a plain `Float64Array`: `slots` label combinations (an HTTP status class, a

@@ -12,6 +12,8 @@ import {
   type Child,
   exitWithin,
   FIXTURES,
+  findPromtool,
+  promtoolCheck,
   ROOT,
   readAll,
   sleep,
@@ -167,6 +169,12 @@ test('N workers serve; /metrics sums every worker; /debug/vars lists each', asyn
     metrics,
     /berth_http_request_duration_seconds_count\{service="http",class="2xx"\} 20\n/,
   );
+  // The aggregate is one scrape too, and must lint as one (a cluster takes seconds to start, so
+  // the check rides along here rather than in a test of its own).
+  const promtool = findPromtool();
+  if (promtool)
+    assert.deepEqual(await promtoolCheck(t, promtool, metrics), { code: 0, output: '' });
+  else t.diagnostic('promtool not found (set PROMTOOL or put it on PATH): aggregate not linted');
   const listed = await workers(c.diag);
   assert.deepEqual(listed.map((w) => String(w.pid)).sort(), [...pids].sort());
   assert.equal((await get(c.diag, '/ready')).status, 200);

@@ -5,8 +5,9 @@
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { accessSync, constants as fsConstants } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
-import { dirname, join } from 'node:path';
+import { delimiter, dirname, join } from 'node:path';
 import { Duplex } from 'node:stream';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -206,4 +207,41 @@ export async function exitWithin(child: Child, timeout: number): Promise<number>
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * Prometheus's `promtool`: `$PROMTOOL`, else the copy .ci/run unpacks into .cache/, else the
+ * first on `PATH`. Undefined when there is none (Debian's `prometheus` package ships it).
+ */
+export function findPromtool(): string | undefined {
+  const candidates = [
+    process.env.PROMTOOL,
+    join(ROOT, '.cache', 'promtool', 'usr', 'bin', 'promtool'),
+    ...(process.env.PATH ?? '').split(delimiter).map((dir) => dir && join(dir, 'promtool')),
+  ];
+  for (const candidate of candidates) {
+    if (!candidate) continue;
+    try {
+      accessSync(candidate, fsConstants.X_OK);
+      return candidate;
+    } catch {}
+  }
+  return undefined;
+}
+
+/**
+ * Runs `promtool check metrics` on a scrape's text. Resolves with its exit code and what it
+ * printed (its findings go to stdout or stderr depending on the version).
+ */
+export async function promtoolCheck(
+  t: TestContext,
+  promtool: string,
+  text: string,
+): Promise<{ code: number; output: string }> {
+  const child = spawnChild(t, promtool, ['check', 'metrics'], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  child.proc.stdin?.end(text);
+  const code = await exitWithin(child, 10_000);
+  return { code, output: `${child.stdout()}${child.stderr()}`.trim() };
 }

@@ -5,8 +5,8 @@
  */
 
 import cluster from 'node:cluster';
-import { collectDefaultMetrics, type Registry } from 'prom-client';
-import { defaultRegistry } from '../metrics.js';
+import type { Registry } from 'prom-client';
+import { collectProcessMetrics, defaultRegistry } from '../metrics.js';
 import { ServiceGroup, type ServiceGroupOptions } from '../runner/service-group.js';
 import type { Service } from '../service.js';
 import { isBerthMessage, type PrimaryMessage, type WorkerMessage } from './messages.js';
@@ -42,8 +42,7 @@ export async function runWorker(services: Service[], options: WorkerOptions = {}
   if (!cluster.isWorker) throw new Error('runWorker() runs only in a cluster worker');
   const registry = options.registry ?? defaultRegistry;
   // The primary's /metrics sums every worker's process metrics too (memory, CPU, event loop).
-  if (!registry.getSingleMetric('process_cpu_user_seconds_total'))
-    collectDefaultMetrics({ register: registry });
+  collectProcessMetrics(registry);
   for (const signal of PRIMARY_SIGNALS) process.on(signal, () => {});
 
   const group = new ServiceGroup({

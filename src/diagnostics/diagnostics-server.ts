@@ -9,10 +9,10 @@ import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
-import { collectDefaultMetrics, type Registry } from 'prom-client';
+import type { Registry } from 'prom-client';
 import { HttpService } from '../http/http-service.js';
 import type { FdTarget, PathTarget, PortTarget } from '../listen.js';
-import { defaultRegistry } from '../metrics.js';
+import { collectProcessMetrics, defaultRegistry } from '../metrics.js';
 import {
   optional,
   rejectUnknownKeys,
@@ -167,10 +167,7 @@ export class DiagnosticsServer implements Service {
     });
     if (processMetrics && !withProcessMetrics.has(this.#registry)) {
       withProcessMetrics.add(this.#registry);
-      // Another part of the application may have added them already; prom-client would throw.
-      if (!this.#registry.getSingleMetric('process_cpu_user_seconds_total')) {
-        collectDefaultMetrics({ register: this.#registry });
-      }
+      collectProcessMetrics(this.#registry);
     }
   }
 
