@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { ROOT } from '../lib/child.js';
 import { refreshAnalysis } from '../lib/report.js';
 
-const suites = ['tcp', 'http', 'drain', 'tasks', 'startup'];
+const suites = ['tcp', 'http', 'drain', 'tasks', 'channel', 'startup'];
 const changed = refreshAnalysis(join(ROOT, 'BENCHMARKS.md'), suites);
 console.log(
   changed.length > 0 ? `analysis refreshed: ${changed.join(', ')}` : 'analysis already current',
