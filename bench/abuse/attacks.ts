@@ -320,11 +320,19 @@ export interface SlowlorisOptions {
   duration: number;
 }
 
+/** A slowloris attack under way: how many of its connections are open now, and its end. */
+export interface Slowloris {
+  open(): number;
+  stop(): Promise<SlowlorisResult>;
+}
+
 /**
  * Slowloris: many connections, each sending a start (half a hello, a header line) then a byte or
  * a line every so often, never finishing. Reports how long the server let each one live.
  */
-export async function slowloris(options: SlowlorisOptions): Promise<SlowlorisResult> {
+export async function startSlowloris(
+  options: Omit<SlowlorisOptions, 'duration'>,
+): Promise<Slowloris> {
   const result: SlowlorisResult = { opened: 0, cut: [], stillOpen: 0 };
   const sockets: Socket[] = [];
   let stopping = false;
@@ -352,14 +360,25 @@ export async function slowloris(options: SlowlorisOptions): Promise<SlowlorisRes
     offset += piece.length;
     for (const s of sockets) if (!s.destroyed) s.write(piece);
   }, options.everyMs);
+  return {
+    open: () => sockets.filter((s) => !s.destroyed).length,
+    async stop() {
+      stopping = true;
+      clearInterval(drip);
+      for (const s of sockets) {
+        if (!s.destroyed) result.stillOpen++;
+        s.destroy();
+      }
+      return result;
+    },
+  };
+}
+
+/** `startSlowloris`, stopped after `duration` ms. */
+export async function slowloris(options: SlowlorisOptions): Promise<SlowlorisResult> {
+  const attack = await startSlowloris(options);
   await new Promise((resolve) => setTimeout(resolve, options.duration));
-  stopping = true;
-  clearInterval(drip);
-  for (const s of sockets) {
-    if (!s.destroyed) result.stillOpen++;
-    s.destroy();
-  }
-  return result;
+  return attack.stop();
 }
 
 /** What a fuzzing client saw: how many connections the server ended, and how. */

@@ -25,6 +25,7 @@ import {
   probe,
   type SlowlorisResult,
   slowloris,
+  startSlowloris,
   type TaskFloodResult,
   taskFlood,
   writeFlood,
@@ -247,26 +248,26 @@ const ATTACKS: readonly Attack[] = [
     group: 'slow',
     title: 'HTTP: 500 connections trickling request headers; then SIGTERM',
     sends:
-      '500 connections, each sending `GET /hello HTTP/1.1` and a header line every second, never the blank line; for 20 s; then the demo gets SIGTERM with them still trickling',
+      '500 connections, each sending `GET /hello HTTP/1.1` and a header line every 500 ms, never the blank line; for 20 s; then the demo gets SIGTERM with them still trickling',
     async run(demo) {
       const honest = helloProbe(demo);
-      const running = slowloris({
+      const attack = await startSlowloris({
         port: demo.ports.http!,
         connections: 500,
         prefix: Buffer.from('GET /hello HTTP/1.1\r\nHost: x\r\n'),
         drip: Buffer.from('X-Slow: 1\r\n'),
         dripSize: 11,
-        everyMs: 1_000,
-        duration: 22_000,
+        everyMs: 500,
       });
       await new Promise((resolve) => setTimeout(resolve, 20_000));
       const seen = await honest.stop();
+      const open = attack.open();
       const t0 = performance.now();
       const code = await demo.stop('SIGTERM', 15_000);
       const took = performance.now() - t0;
-      const r = await running;
+      await attack.stop();
       return {
-        verdict: describeSlowloris(r, 20),
+        verdict: `500 opened; ${open} still open after 20 s (Node's headersTimeout is 60 s)`,
         honest: seen,
         extra: `SIGTERM with them trickling: exit ${code} in ${ms(took)}`,
       };
