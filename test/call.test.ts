@@ -105,7 +105,7 @@ test('berth call: --list, --timeout (exit 124), usage errors (exit 2), nothing l
   ]) {
     const usage = await call(t, args);
     assert.equal(usage.code, 2, `${args.join(' ')}: ${usage.stderr}`);
-    assert.match(usage.stderr, /usage: berth call/);
+    assert.match(usage.stderr, /^berth call: .+\nRun 'berth call --help' for usage\.\n$/);
   }
   const help = await call(t, ['--help']);
   assert.equal(help.code, 0);

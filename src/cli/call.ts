@@ -187,7 +187,8 @@ export async function callCommand(args: string[]): Promise<number> {
     if ((err as NodeJS.ErrnoException).code === 'EPIPE') return CALL_EXIT.OK; // `| head` stopped reading
     const code = exitCodeFor(err);
     process.stderr.write(`berth call: ${describeError(err, timeout)}\n`);
-    if (code === CALL_EXIT.USAGE) process.stderr.write(`${USAGE}\n`);
+    // One line of error and one of where to look, as `berth` itself (and git, npm) do.
+    if (code === CALL_EXIT.USAGE) process.stderr.write("Run 'berth call --help' for usage.\n");
     return code;
   } finally {
     await channel?.destroy();
