@@ -85,18 +85,7 @@ test('task server: 1,024 echo tasks of 4 MiB with a 1-byte window and no WINDOW 
 test('TCP echo: a peer that writes 1 GiB and reads nothing is throttled, not buffered', async (t) => {
   const d = await demo(t);
   const port = d.ports.echo!;
-  const rss = new RssSampler(d.pid);
-  const attack = await writeFlood({
-    port,
-    chunk: Buffer.alloc(MiB, 'e'),
-    total: 1_024 * MiB,
-    timeout: 20_000,
-  });
-  const peak = rss.stop();
-  const grew = peak - rss.before;
-  t.diagnostic(
-    `rss ${mib(rss.before)} -> peak ${mib(peak)} (+${mib(grew)}); attacker ${JSON.stringify(attack)}`,
-  );
+  const { attack, grew } = await gibibyteFlood(t, d, port);
   assert.ok(attack.throttled, 'the echo stopped reading, so the peer’s writes stalled');
   assert.ok(attack.sent < 64 * MiB, `the peer got ${mib(attack.sent)} in before it stalled`);
   assert.ok(grew < 32 * MiB, `the server grew by ${mib(grew)}`);
@@ -111,6 +100,18 @@ test('TCP echo: a peer that writes 1 GiB and reads nothing is throttled, not buf
 test('TcpService maxWriteBuffer: a handler that ignores backpressure loses its connection at 16 MiB, not the process', async (t) => {
   const d = await startDemoLike(t);
   const port = d.ports.careless!;
+  const { attack, grew } = await gibibyteFlood(t, d, port);
+  assert.ok(attack.cut, 'the connection was destroyed');
+  assert.ok(grew < 16 * MiB + 64 * MiB, `the server grew by ${mib(grew)}`);
+  const vars = (await d.vars()).services.careless! as { overflows: number; error: number };
+  assert.equal(vars.overflows, 1);
+  assert.equal(vars.error, 0, 'the handler meeting its destroyed socket is not a handler error');
+  await waitFor(() => /passed maxWriteBuffer/.test(d.stdout()), 'the debug log line');
+  assert.doesNotMatch(d.stdout(), /"level":50/, 'nothing logged at error level');
+});
+
+/** 1 GiB written to `port` by a peer that reads nothing; how much the server grew meanwhile. */
+async function gibibyteFlood(t: TestContext, d: Demo, port: number) {
   const rss = new RssSampler(d.pid);
   const attack = await writeFlood({
     port,
@@ -123,14 +124,8 @@ test('TcpService maxWriteBuffer: a handler that ignores backpressure loses its c
   t.diagnostic(
     `rss ${mib(rss.before)} -> peak ${mib(peak)} (+${mib(grew)}); attacker ${JSON.stringify(attack)}`,
   );
-  assert.ok(attack.cut, 'the connection was destroyed');
-  assert.ok(grew < 16 * MiB + 64 * MiB, `the server grew by ${mib(grew)}`);
-  const vars = (await d.vars()).services.careless! as { overflows: number; error: number };
-  assert.equal(vars.overflows, 1);
-  assert.equal(vars.error, 0, 'the handler meeting its destroyed socket is not a handler error');
-  await waitFor(() => /passed maxWriteBuffer/.test(d.stdout()), 'the debug log line');
-  assert.doesNotMatch(d.stdout(), /"level":50/, 'nothing logged at error level');
-});
+  return { attack, grew };
+}
 
 /** `berth serve` of the careless-echo fixture, with the demo's harness. */
 async function startDemoLike(t: TestContext): Promise<Demo> {

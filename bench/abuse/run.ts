@@ -156,6 +156,20 @@ function describeFlood(r: FloodResult): string {
   return `all ${mb(r.sent)} taken in ${(r.elapsed / 1e3).toFixed(1)} s`;
 }
 
+/** 1,024 echo tasks of 4 MiB with initial window `window`, reading (or not) what comes. */
+async function bigTasks(demo: Demo, window: number, read: boolean) {
+  const honest = await sumProbe(demo);
+  const r = await taskFlood({
+    port: demo.ports.tasks!,
+    tasks: 1_024,
+    size: 4 * MiB,
+    window,
+    read,
+    timeout: 30_000,
+  });
+  return { verdict: describeTaskFlood(r), honest: await honest.stop() };
+}
+
 async function sumProbe(demo: Demo): Promise<{ stop(): Promise<ProbeResult> }> {
   const client = await TaskClient.connect({ port: demo.ports.tasks! });
   const p = probe(() => client.call('sum', '1 2 3'));
@@ -300,18 +314,7 @@ const ATTACKS: readonly Attack[] = [
     title: 'Task server: large tasks, a 1-byte window, never a WINDOW',
     sends:
       'hello with an initial window of 1 byte, then 1,024 `echo` tasks of 4 MiB each (4 GiB); reads what comes, grants nothing; gives up after 30 s',
-    async run(demo) {
-      const honest = await sumProbe(demo);
-      const r = await taskFlood({
-        port: demo.ports.tasks!,
-        tasks: 1_024,
-        size: 4 * MiB,
-        window: 1,
-        read: true,
-        timeout: 30_000,
-      });
-      return { verdict: describeTaskFlood(r), honest: await honest.stop() };
-    },
+    run: (demo) => bigTasks(demo, 1, true),
   },
   {
     name: 'task-unread',
@@ -319,18 +322,7 @@ const ATTACKS: readonly Attack[] = [
     title: 'Task server: large tasks, a full window, never reads',
     sends:
       '1,024 `echo` tasks of 4 MiB with an initial window of 2³²−1, and never reads a byte; gives up after 30 s',
-    async run(demo) {
-      const honest = await sumProbe(demo);
-      const r = await taskFlood({
-        port: demo.ports.tasks!,
-        tasks: 1_024,
-        size: 4 * MiB,
-        window: 0xffff_ffff,
-        read: false,
-        timeout: 30_000,
-      });
-      return { verdict: describeTaskFlood(r), honest: await honest.stop() };
-    },
+    run: (demo) => bigTasks(demo, 0xffff_ffff, false),
   },
   {
     name: 'echo-flood',
