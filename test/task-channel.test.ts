@@ -3,7 +3,9 @@
 // and resolved again; and the rules: what is retried, what is not, and deadlines over retries.
 import assert from 'node:assert/strict';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import {
@@ -13,7 +15,7 @@ import {
   type TaskChannelOptions,
   TaskConnectError,
   TaskConnectionClosedError,
-  type TaskServer,
+  TaskServer,
   TaskTimeoutError,
 } from '../src/index.js';
 import { Backoff } from '../src/protocol/channel/backoff.js';
@@ -494,4 +496,17 @@ test('endpoints and backoff, the pure parts', () => {
   const low = new Backoff({ initial: 100, max: 500, multiplier: 2, jitter: 0.2 }, () => 0);
   const high = new Backoff({ initial: 100, max: 500, multiplier: 2, jitter: 0.2 }, () => 1);
   assert.deepEqual([low.next(), high.next()], [80, 120]);
+});
+
+test('a unix socket endpoint', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'berth-channel-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'tasks.sock');
+  const server = new TaskServer({ path, registry: null });
+  t.after(() => server.destroy());
+  server.register(1, (m) => m);
+  await server.start();
+  const channel = open(t, { endpoints: `unix:${path}` });
+  assert.equal((await channel.call(1, 'over a unix socket')).toString(), 'over a unix socket');
+  assert.equal(channel.stats.addresses, 1);
 });
