@@ -50,6 +50,14 @@ function integerExpectation({ min, max, unit }: IntegerRange): string {
   return unit ? `${kind} ${unit}` : kind;
 }
 
+/** A finite number from `min` to `max` (a factor, a fraction), not only an integer. */
+export function validateNumber(value: unknown, name: string, min: number, max: number): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) {
+    fail(name, `a number from ${min} to ${max}`, value);
+  }
+  return value;
+}
+
 export function validateInteger(value: unknown, name: string, range: IntegerRange = {}): number {
   if (
     typeof value !== 'number' ||

@@ -170,6 +170,21 @@ async function bigTasks(demo: Demo, window: number, read: boolean) {
   return { verdict: describeTaskFlood(r), honest: await honest.stop() };
 }
 
+/** 500 task connections, each sending `prefix` then a byte of `drip` a second, for 15 s. */
+async function slowTasks(demo: Demo, prefix: Buffer, drip: Buffer) {
+  const honest = await sumProbe(demo);
+  const r = await slowloris({
+    port: demo.ports.tasks!,
+    connections: 500,
+    prefix,
+    drip,
+    dripSize: 1,
+    everyMs: 1_000,
+    duration: 15_000,
+  });
+  return { verdict: describeSlowloris(r, 15), honest: await honest.stop() };
+}
+
 async function sumProbe(demo: Demo): Promise<{ stop(): Promise<ProbeResult> }> {
   const client = await TaskClient.connect({ port: demo.ports.tasks! });
   const p = probe(() => client.call('sum', '1 2 3'));
@@ -223,19 +238,7 @@ const ATTACKS: readonly Attack[] = [
     title: 'Task server: 500 connections trickling their hello',
     sends:
       '500 connections, each sending the first 4 bytes of a hello, then the rest a byte a second (it would be whole after 12 s); for 15 s',
-    async run(demo) {
-      const honest = await sumProbe(demo);
-      const r = await slowloris({
-        port: demo.ports.tasks!,
-        connections: 500,
-        prefix: HELLO.subarray(0, 4),
-        drip: HELLO.subarray(4),
-        dripSize: 1,
-        everyMs: 1_000,
-        duration: 15_000,
-      });
-      return { verdict: describeSlowloris(r, 15), honest: await honest.stop() };
-    },
+    run: (demo) => slowTasks(demo, HELLO.subarray(0, 4), HELLO.subarray(4)),
   },
   {
     name: 'task-slow-frame',
@@ -243,19 +246,7 @@ const ATTACKS: readonly Attack[] = [
     title: 'Task server: 500 connections trickling a frame header after a good hello',
     sends:
       'a whole hello, then a `sum` task a byte a second (its header whole after 12 s), on 500 connections; for 15 s',
-    async run(demo) {
-      const honest = await sumProbe(demo);
-      const r = await slowloris({
-        port: demo.ports.tasks!,
-        connections: 500,
-        prefix: HELLO,
-        drip: encodeFrame('le', 0x10, 1, 4, 1, Buffer.from('1 2')),
-        dripSize: 1,
-        everyMs: 1_000,
-        duration: 15_000,
-      });
-      return { verdict: describeSlowloris(r, 15), honest: await honest.stop() };
-    },
+    run: (demo) => slowTasks(demo, HELLO, encodeFrame('le', 0x10, 1, 4, 1, Buffer.from('1 2'))),
   },
   {
     name: 'http-slowloris',

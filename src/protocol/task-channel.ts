@@ -29,6 +29,7 @@ import {
   validateDuration,
   validateFunction,
   validateInteger,
+  validateNumber,
   validateObject,
   validateOneOf,
   validateString,
@@ -566,23 +567,14 @@ export class TaskChannel {
           this.#counts.ok++;
           return value;
         },
-        (error: Error) => this.#recover(sub, task, body, options, started, error),
+        (error: Error) => {
+          // The first attempt failed: the call may be sent again (#callLater decides).
+          this.#release(sub);
+          return this.#callLater(task, body, options, started, error);
+        },
       );
     }
     return this.#callLater(task, body, options, 0, undefined);
-  }
-
-  /** The first attempt, sent straight to a connection, failed: send it again, or fail the call. */
-  #recover(
-    sub: Subchannel,
-    task: number | string,
-    body: TaskBody,
-    options: ChannelCallOptions | undefined,
-    started: number,
-    error: Error,
-  ): Promise<Buffer> {
-    this.#release(sub);
-    return this.#callLater(task, body, options, started, error);
   }
 
   /**
@@ -887,10 +879,7 @@ export class TaskChannel {
   /** Every slot's latest attempt failed and no lookup is pending: nothing will be ready soon. */
   #allFailed(): boolean {
     if (this.#resolver.resolving) return false;
-    return (
-      this.#subs.every((s) => s.state === 'backoff') &&
-      (this.#subs.length > 0 || this.#addresses === 0)
-    );
+    return this.#subs.every((s) => s.state === 'backoff'); // true too with no address at all
   }
 
   // --- connections ------------------------------------------------------------------------------
@@ -973,16 +962,6 @@ export class TaskChannel {
 
 function slotKey(address: ResolvedAddress, slot: number): string {
   return `${address.key}#${slot}`;
-}
-
-function validateNumber(value: unknown, name: string, min: number, max: number): number {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) {
-    throw new InvalidOptionError(
-      name,
-      `${name} must be a number from ${min} to ${max}, got ${String(value)}`,
-    );
-  }
-  return value;
 }
 
 /**

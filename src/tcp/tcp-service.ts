@@ -210,6 +210,12 @@ const TCP_METRICS: readonly StatMetric<TcpStats>[] = [
   },
 ];
 
+/** A service's `maxWriteBuffer`, and what to do with a connection over it. */
+interface WriteGuard {
+  readonly limit: number;
+  overflow(conn: Connection): void;
+}
+
 /** Where a guarded socket finds its connection (see `guardWrites`). */
 const kConnection = Symbol('berth.tcp.connection');
 const writableWrite = Writable.prototype.write;
@@ -241,9 +247,8 @@ class Connection implements ConnectionContext {
   runsUntilClose = false;
   /** Destroyed for passing `maxWriteBuffer`: what the handler does next is not its fault. */
   overflowed = false;
-  /** Set for a guarded socket: told when the write buffer passes the limit. */
-  onOverflow: ((conn: Connection) => void) | undefined;
-  maxWriteBuffer = Number.POSITIVE_INFINITY;
+  /** The service's write ceiling, for a guarded socket (one object per service, not per socket). */
+  guard: WriteGuard | undefined;
   /** Neighbours in the service's list of open connections. */
   prev: Connection | undefined;
   next: Connection | undefined;
@@ -267,8 +272,9 @@ class Connection implements ConnectionContext {
   }
 
   checkWriteBuffer(): void {
-    if (!this.overflowed && this.socket.writableLength > this.maxWriteBuffer) {
-      this.onOverflow?.(this);
+    const guard = this.guard;
+    if (guard && !this.overflowed && this.socket.writableLength > guard.limit) {
+      guard.overflow(this);
     }
   }
 
@@ -331,7 +337,8 @@ export class TcpService implements Service {
   readonly #lifecycle: Lifecycle;
 
   readonly #maxWriteBuffer: number;
-  readonly #onOverflow = (conn: Connection): void => this.#overflow(conn);
+  /** Undefined when `maxWriteBuffer` is Infinity: no socket is guarded. */
+  readonly #guard: WriteGuard | undefined;
   #busy = 0;
   #count = 0;
   #errors = 0;
@@ -362,6 +369,10 @@ export class TcpService implements Service {
       (v) =>
         v === Number.POSITIVE_INFINITY ? v : validateInteger(v, 'maxWriteBuffer', { min: 1 }),
     );
+    this.#guard =
+      this.#maxWriteBuffer === Number.POSITIVE_INFINITY
+        ? undefined
+        : { limit: this.#maxWriteBuffer, overflow: (conn) => this.#overflow(conn) };
     this.#target = parseListenTarget(options, 'TcpService');
     const connection = parseConnection(options, this.#target, 'TcpService');
     const server =
@@ -524,7 +535,7 @@ export class TcpService implements Service {
       return;
     }
     const conn = new Connection(++this.#count, socket, this.name, this.#closing.signal);
-    if (this.#maxWriteBuffer !== Number.POSITIVE_INFINITY) this.#guardWrites(conn);
+    if (this.#guard) this.#guardWrites(conn, this.#guard);
     this.#connections.add(conn);
     this.#busy++;
     conn.activity = this.#activity?.begin();
@@ -591,10 +602,9 @@ export class TcpService implements Service {
   }
 
   /** Makes the socket's `write` check its unsent bytes against `maxWriteBuffer`. */
-  #guardWrites(conn: Connection): void {
+  #guardWrites(conn: Connection, guard: WriteGuard): void {
     const socket = conn.socket as GuardedSocket;
-    conn.maxWriteBuffer = this.#maxWriteBuffer;
-    conn.onOverflow = this.#onOverflow;
+    conn.guard = guard;
     if (socket.write === writableWrite) {
       socket[kConnection] = conn;
       socket.write = guardedWrite as Socket['write'];

@@ -65,11 +65,8 @@ export class Subchannel {
   readonly draining = new Set<TaskClient>();
   /** Calls on this subchannel now (the channel counts them). */
   inFlight = 0;
-  /** Why the last attempt to connect, or the last connection, failed. */
-  lastError: Error | undefined;
-  /** Handshakes done, and attempts that failed. */
+  /** Handshakes done (the next one is a reconnect). */
   connects = 0;
-  failures = 0;
   #timer: NodeJS.Timeout | undefined;
   /** Aborts the attempt to connect under way (the channel closed meanwhile). */
   #attempt: AbortController | undefined;
@@ -165,8 +162,6 @@ export class Subchannel {
       (error: Error) => {
         if (this.#attempt === attempt) this.#attempt = undefined;
         if (this.state === 'closed') return;
-        this.failures++;
-        this.lastError = error;
         this.#host.connectFailed(this, error);
         this.#later();
       },
@@ -178,10 +173,7 @@ export class Subchannel {
     if (this.draining.delete(client) || client !== this.client) return;
     this.client = undefined;
     if (this.state === 'closed') return;
-    if (error) {
-      this.lastError = error;
-      this.#host.lost(this, error);
-    }
+    if (error) this.#host.lost(this, error);
     this.#later();
   }
 
