@@ -117,6 +117,7 @@ export function spawnChild(
   let out = '';
   let err = '';
   const waiting = new Set<() => void>();
+  let ended = false; // exited, and its output read
   proc.stdout?.on('data', (d) => {
     out += d;
     for (const w of waiting) w();
@@ -124,8 +125,20 @@ export function spawnChild(
   proc.stderr?.on('data', (d) => {
     err += d;
   });
+  // 'exit' can come before the last of stdout has been read (seen on Node 24: a 200 kB response
+  // cut at 196,608 bytes), so wait for the pipes to end too. A grandchild that inherited them
+  // could hold them open, so that wait is bounded.
+  const drained = Promise.all(
+    [proc.stdout, proc.stderr].map((s) =>
+      s && !s.readableEnded ? new Promise((r) => s.once('close', r)) : undefined,
+    ),
+  );
   const exited = new Promise<number>((resolve) => {
-    proc.once('exit', (code, signal) => {
+    proc.once('exit', async (code, signal) => {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, 2_000)))]);
+      clearTimeout(timer);
+      ended = true;
       for (const w of waiting) w();
       resolve(code ?? 128 + (SIGNALS[signal ?? ''] ?? 0));
     });
@@ -144,7 +157,7 @@ export function spawnChild(
         if (found !== undefined) {
           done();
           resolve(found);
-        } else if (proc.exitCode !== null || proc.signalCode !== null) {
+        } else if (ended) {
           done();
           reject(
             new Error(
