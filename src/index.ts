@@ -17,6 +17,7 @@ export {
   type WorkerPoolOptions,
   type WorkerPoolStats,
 } from './cluster/worker-pool.js';
+export type { DescriptorEvent, DescriptorStats } from './diagnostics/descriptor-watch.js';
 export {
   DIAGNOSTICS_DEFAULTS,
   DiagnosticsServer,

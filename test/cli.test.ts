@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import http from 'node:http';
-import { type AddressInfo, createServer } from 'node:net';
+import { type AddressInfo, createServer, connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { TaskClient, type TaskError } from '../src/index.js';
@@ -169,6 +169,59 @@ test('SIGTERM under load: 50 keep-alive clients lose no request, exit 0', async 
   await Promise.all(clients);
   assert.deepEqual(failed, []);
   assert.ok(ok > 100, `too little load: ${ok}`);
+  assert.equal(await exitWithin(child, 10_000), 0);
+});
+
+test('out of file descriptors: the demo warns once, counts the episode, and serves again', async (t) => {
+  // Allowed 100 descriptors, the demo is offered 200 connections at once and they are held: libuv
+  // sheds what it cannot accept and tells nobody, so only the descriptor watch can see it.
+  const child = spawnChild(
+    t,
+    '/bin/sh',
+    [
+      '-c',
+      'ulimit -n 100 && exec "$0" "$@"',
+      process.execPath,
+      '--import',
+      'tsx',
+      CLI,
+      'demo',
+      ...EPHEMERAL,
+      '--tcp-port',
+      '0',
+      '--task-port',
+      '0',
+    ],
+    { cwd: ROOT, env: { ...process.env, PORT: '' } },
+  );
+  const ports = await started(child);
+  const flood = Array.from({ length: 200 }, () => {
+    const s = netConnect({ port: ports.http!, host: '127.0.0.1' });
+    s.on('error', () => {});
+    return s;
+  });
+  t.after(() => {
+    for (const s of flood) s.destroy();
+  });
+  await Promise.all(flood.map((s) => once(s, 'connect').catch(() => {})));
+  const warning = JSON.parse(await child.line(/out of file descriptors/, 5_000));
+  assert.equal(warning.level, 40);
+  assert.equal(warning.limit, 100);
+  for (const s of flood) s.destroy();
+  await child.line(/file descriptors free again after \d+ ms/, 5_000);
+
+  const vars = JSON.parse((await get(ports.diagnostics!, '/debug/vars')).body);
+  assert.equal(vars.descriptors.exhausted, false);
+  assert.equal(vars.descriptors.limit, 100);
+  assert.equal(vars.descriptors.exhaustions, 1);
+  assert.ok(vars.descriptors.exhaustedMs > 0 && vars.descriptors.open < 100, JSON.stringify(vars));
+  assert.equal(vars.services.http.acceptErrors, 0, 'what libuv sheds, Node never hears of');
+  const metrics = (await get(ports.diagnostics!, '/metrics')).body;
+  assert.match(metrics, /^berth_descriptor_exhaustions_total\{service="diagnostics"\} 1$/m);
+  assert.match(metrics, /^berth_descriptors_exhausted\{service="diagnostics"\} 0$/m);
+  assert.equal((await get(ports.http!, '/hello')).status, 200);
+  assert.equal(logLines(child).filter((l) => /out of file descriptors/.test(l.msg)).length, 1);
+  child.proc.kill('SIGTERM');
   assert.equal(await exitWithin(child, 10_000), 0);
 });
 

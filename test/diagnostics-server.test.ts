@@ -145,6 +145,21 @@ test('/debug/vars is JSON of every service plus process memory and uptime', asyn
   assert.equal(typeof vars.uptime, 'number');
   assert.equal(typeof vars.memstats.heapUsed, 'number');
   assert.ok(Array.isArray(vars.cmdline));
+  // The descriptor watch (see the CLI test that runs the demo out of descriptors).
+  assert.equal(vars.descriptors.exhausted, false);
+  assert.equal(vars.descriptors.exhaustions, 0);
+  assert.ok(vars.descriptors.open > 0 && vars.descriptors.open < vars.descriptors.limit);
+});
+
+test('watchDescriptors: false leaves out the watch, its vars and its metrics', async (t) => {
+  const { port } = await startDiagnostics(t, { watchDescriptors: false });
+  assert.equal(JSON.parse((await request(port, '/debug/vars')).body).descriptors, undefined);
+  assert.doesNotMatch((await request(port, '/metrics')).body, /berth_descriptor/);
+  const on = await startDiagnostics(t, { name: 'diag2' });
+  assert.match(
+    (await request(on.port, '/metrics')).body,
+    /^berth_descriptors_exhausted\{service="diag2"\} 0$/m,
+  );
 });
 
 test('HEAD works like GET without a body; other methods get 405; unknown paths 404', async (t) => {
@@ -174,6 +189,10 @@ test('bad options fail at construction', () => {
   assert.throws(
     () => new DiagnosticsServer({ port: -1 }),
     /port must be an integer from 0 to 65535/,
+  );
+  assert.throws(
+    () => new DiagnosticsServer({ watchDescriptors: 0 }),
+    /watchDescriptors must be a positive integer ms, got 0/,
   );
   assert.throws(
     () => new DiagnosticsServer({ colour: 'blue' } as DiagnosticsServerOptions),

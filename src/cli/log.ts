@@ -7,6 +7,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { createRequire } from 'node:module';
 import { pino } from 'pino';
 import type { WorkerPool } from '../cluster/worker-pool.js';
+import type { DescriptorEvent } from '../diagnostics/descriptor-watch.js';
 import type { RunResult, ServiceGroup } from '../runner/service-group.js';
 import type { LogLevel } from './flags.js';
 
@@ -89,6 +90,40 @@ const ERROR_LINES: readonly {
   },
 ];
 
+/**
+ * Out of file descriptors, and free again (the diagnostics server's watch): a warning on the way
+ * in and a line on the way out, for at most one episode a minute. One that follows sooner is
+ * counted, and the next warning says how many went unlogged.
+ */
+function logDescriptors(group: ServiceGroup, log: Logger): void {
+  let warnedAt = Number.NEGATIVE_INFINITY;
+  let unlogged = 0;
+  let logging = false;
+  const listener = (message: unknown) => {
+    const { exhausted, limit, duration } = message as DescriptorEvent;
+    if (!exhausted) {
+      if (logging)
+        log.info({ durationMs: duration }, `file descriptors free again after ${duration} ms`);
+      logging = false;
+      return;
+    }
+    const now = performance.now();
+    if (now - warnedAt < 60_000) {
+      unlogged++;
+      return;
+    }
+    warnedAt = now;
+    logging = true;
+    log.warn(
+      { limit, ...(unlogged > 0 ? { unlogged } : {}) },
+      `out of file descriptors (limit ${limit ?? 'unknown'}): new connections are closed as they arrive, unseen by the services; raise ulimit -n or set maxConnections`,
+    );
+    unlogged = 0;
+  };
+  subscribe('berth:process:descriptors', listener);
+  group.once('stopped', () => unsubscribe('berth:process:descriptors', listener));
+}
+
 function logServiceErrors(group: ServiceGroup, log: Logger): void {
   const listeners = ERROR_LINES.map(({ channel, level, msg }) => {
     const listener = (message: unknown) => {
@@ -115,6 +150,7 @@ export function logGroup(
   settings: { shutdownTimeout: number; drainDelay: number },
 ): void {
   logServiceErrors(group, log);
+  logDescriptors(group, log);
   group.on('started', ({ services }) => {
     log.info(
       { services },

@@ -12,16 +12,23 @@ import { dirname, join } from 'node:path';
 import type { Registry } from 'prom-client';
 import { HttpService } from '../http/http-service.js';
 import type { FdTarget, PathTarget, PortTarget } from '../listen.js';
-import { collectProcessMetrics, defaultRegistry } from '../metrics.js';
+import {
+  collectProcessMetrics,
+  defaultRegistry,
+  exportStats,
+  type StatMetric,
+} from '../metrics.js';
 import {
   optional,
   rejectUnknownKeys,
   validateBoolean,
   validateFunction,
+  validateInteger,
   validateObject,
   validateString,
 } from '../options.js';
 import type { CloseOptions, Service, ServiceState } from '../service.js';
+import { type DescriptorStats, DescriptorWatch } from './descriptor-watch.js';
 
 /** What `/ready` reports: `ready` answers 200, anything else 503. */
 export type Readiness = 'starting' | 'ready' | 'draining' | 'stopped';
@@ -46,6 +53,12 @@ export interface DiagnosticsServerOptions extends Partial<PortTarget & PathTarge
   processMetrics?: boolean;
   /** Default for `close()`'s `timeout`. @default 1000 (1 s): nothing here is slow */
   shutdownTimeout?: number;
+  /**
+   * How often to check that the process has a file descriptor free, ms, or `false` for never.
+   * Out of them, the OS layer closes new connections unseen (docs/diagnostics.md, "Out of file
+   * descriptors"). @default 1000
+   */
+  watchDescriptors?: number | false;
 }
 
 export const DIAGNOSTICS_DEFAULTS = Object.freeze({
@@ -54,7 +67,23 @@ export const DIAGNOSTICS_DEFAULTS = Object.freeze({
   host: '127.0.0.1', // operator-only by default
   processMetrics: true,
   shutdownTimeout: 1_000, // 1 s
+  watchDescriptors: 1_000, // 1 s: two system calls a second
 });
+
+const DESCRIPTOR_METRICS: readonly StatMetric<DescriptorStats>[] = [
+  {
+    name: 'berth_descriptors_exhausted',
+    help: '1 while the process has no file descriptor free (new connections are being dropped unseen)',
+    type: 'gauge',
+    read: (s) => (s.exhausted ? 1 : 0),
+  },
+  {
+    name: 'berth_descriptor_exhaustions_total',
+    help: 'Times the process was found out of file descriptors',
+    type: 'counter',
+    read: (s) => s.exhaustions,
+  },
+];
 
 const KNOWN_OPTIONS = [
   'name',
@@ -65,6 +94,7 @@ const KNOWN_OPTIONS = [
   'metrics',
   'processMetrics',
   'shutdownTimeout',
+  'watchDescriptors',
   'port',
   'host',
   'backlog',
@@ -111,6 +141,7 @@ export class DiagnosticsServer implements Service {
   readonly #readiness: () => Readiness;
   readonly #stats: () => Record<string, object> | Promise<Record<string, object>>;
   readonly #metrics: () => Promise<string>;
+  readonly #descriptors: DescriptorWatch | undefined;
 
   constructor(options: DiagnosticsServerOptions = {}) {
     validateObject(options, 'DiagnosticsServer options');
@@ -165,6 +196,14 @@ export class DiagnosticsServer implements Service {
       registry: null,
       handler: (req: IncomingMessage, res: ServerResponse) => this.#route(req, res),
     });
+    const every = optional(options.watchDescriptors, DIAGNOSTICS_DEFAULTS.watchDescriptors, (v) =>
+      v === false ? v : validateInteger(v, 'watchDescriptors', { min: 1, unit: 'ms' }),
+    );
+    if (every !== false) {
+      const watch = new DescriptorWatch(every);
+      this.#descriptors = watch;
+      exportStats(this.#registry, this.name, () => watch.stats, DESCRIPTOR_METRICS);
+    }
     if (processMetrics && !withProcessMetrics.has(this.#registry)) {
       withProcessMetrics.add(this.#registry);
       collectProcessMetrics(this.#registry);
@@ -188,15 +227,18 @@ export class DiagnosticsServer implements Service {
     return this.#http.address();
   }
 
-  start(): Promise<void> {
-    return this.#http.start();
+  async start(): Promise<void> {
+    await this.#http.start();
+    this.#descriptors?.start();
   }
 
   close(options?: CloseOptions): Promise<void> {
+    this.#descriptors?.stop();
     return this.#http.close(options);
   }
 
   destroy(error?: Error): Promise<void> {
+    this.#descriptors?.stop();
     return this.#http.destroy(error);
   }
 
@@ -230,6 +272,7 @@ export class DiagnosticsServer implements Service {
           cmdline: process.argv,
           uptime: process.uptime(),
           memstats: process.memoryUsage(),
+          ...(this.#descriptors ? { descriptors: this.#descriptors.stats } : {}),
           services: await this.#stats(),
         };
         return send(

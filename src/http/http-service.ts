@@ -200,6 +200,8 @@ export interface HttpStats {
   upgraded: number;
   /** Connections closed at once because `maxConnections` were open. */
   dropped: number;
+  /** Errors accepting connections that Node reported: counted, not fatal (docs/diagnostics.md). */
+  acceptErrors: number;
 }
 
 export const HTTP_SERVICE_DEFAULTS = Object.freeze({
@@ -292,6 +294,12 @@ const HTTP_METRICS: readonly StatMetric<HttpStats>[] = [
     help: 'Connections closed at once over maxConnections.',
     type: 'counter',
     read: (s) => s.dropped,
+  },
+  {
+    name: 'berth_http_accept_errors_total',
+    help: 'Errors accepting connections (EMFILE, ENFILE, ...), counted and survived.',
+    type: 'counter',
+    read: (s) => s.acceptErrors,
   },
 ];
 
@@ -570,6 +578,7 @@ export class HttpService implements Service {
       aborted: this.#aborted,
       upgraded: this.#upgraded.size,
       dropped: this.#dropped,
+      acceptErrors: this.#listener.acceptErrors,
     };
   }
 
