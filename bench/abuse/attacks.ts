@@ -5,6 +5,7 @@
  * attacks speak the wire format of docs/protocol.md with berth's own codec.
  */
 
+import { request } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import {
   ClientFrame,
@@ -14,6 +15,7 @@ import {
   isRefusal,
   ServerFrame,
   ServerHelloDecoder,
+  TaskClient,
 } from '../../src/index.js';
 
 /** Resolves on the socket's next 'drain' or its close, whichever comes first. */
@@ -189,6 +191,8 @@ export interface FloodResult {
   elapsed: number;
   /** True when the attacker stopped because its socket stayed full (the server stopped reading). */
   throttled: boolean;
+  /** With `read`: the first bytes the server sent (up to 256). */
+  reply?: string;
 }
 
 export interface FloodOptions {
@@ -202,6 +206,10 @@ export interface FloodOptions {
   timeout: number;
   /** Stop once a write has waited this long for 'drain' (the server no longer reads). @default 3000 */
   stallAfter?: number;
+  /** Written once first: a request line and headers, an upgrade. */
+  prefix?: Buffer;
+  /** Read what the server sends (keeping the first 256 bytes) instead of never reading. */
+  read?: boolean;
 }
 
 /**
@@ -211,8 +219,14 @@ export interface FloodOptions {
 export async function writeFlood(options: FloodOptions): Promise<FloodResult> {
   const t0 = performance.now();
   const socket = await open(options.port, options.host);
-  socket.pause(); // never read
   const result: FloodResult = { sent: 0, cut: false, elapsed: 0, throttled: false };
+  if (options.read) {
+    result.reply = '';
+    socket.on('data', (d: Buffer) => {
+      if (result.reply!.length < 256) result.reply += d.toString('latin1', 0, 256);
+    });
+  } else socket.pause(); // never read
+  if (options.prefix) socket.write(options.prefix);
   let closed = false;
   socket.once('close', () => {
     closed = true;
@@ -291,6 +305,41 @@ export function probe(op: () => Promise<unknown>, gapMs = 20): { stop(): Promise
       };
     },
   };
+}
+
+/** `sum` on a task connection of its own, again and again. */
+export async function sumProbe(port: number): Promise<{ stop(): Promise<ProbeResult> }> {
+  const client = await TaskClient.connect({ port });
+  const p = probe(() => client.call('sum', '1 2 3'));
+  return {
+    async stop() {
+      const r = await p.stop();
+      client.destroy();
+      return r;
+    },
+  };
+}
+
+/** One `GET path` on a new connection: resolves with the status once the body has been read. */
+export function httpGet(port: number, path = '/hello', timeout = 10_000): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path, agent: false, timeout }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`GET ${path}: no answer within ${timeout} ms`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** `GET /hello`, each on a new connection, again and again. */
+export function helloProbe(port: number): { stop(): Promise<ProbeResult> } {
+  return probe(async () => {
+    const status = await httpGet(port);
+    if (status !== 200) throw new Error(`GET /hello: ${status}`);
+  });
 }
 
 /** What a server did to many slow clients. */

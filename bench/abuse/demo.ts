@@ -20,6 +20,8 @@ export interface Demo {
   vars(): Promise<DebugVars>;
   stdout(): string;
   stderr(): string;
+  /** Lines it has written to stdout so far (its log lines), counted whole. */
+  lines(): number;
   /** Sends `signal` by pid (default SIGKILL) and waits up to `timeout` ms; the exit code. */
   stop(signal?: NodeJS.Signals, timeout?: number): Promise<number>;
   readonly exited: Promise<number>;
@@ -43,6 +45,8 @@ export interface StartDemoOptions {
   env?: NodeJS.ProcessEnv;
   /** Bound on the start, ms. */
   timeout?: number;
+  /** Start it under `ulimit -n` of this many descriptors. */
+  ulimit?: number;
 }
 
 const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
@@ -68,21 +72,28 @@ export async function startDemo(options: StartDemoOptions): Promise<Demo> {
   for (const flag of portFlags) {
     if (!args.includes(flag)) ports.push(flag, '0');
   }
-  const proc = spawn(
-    process.execPath,
-    [...(options.nodeArgs ?? []), options.cli, ...command, ...ports, ...args],
-    {
-      cwd: options.cwd,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, PORT: '', ...options.env },
-    },
-  );
+  const argv = [...(options.nodeArgs ?? []), options.cli, ...command, ...ports, ...args];
+  // Through a shell for the limit, which then execs node: the pid stays node's.
+  const [file, fileArgs] =
+    options.ulimit === undefined
+      ? [process.execPath, argv]
+      : [
+          '/bin/sh',
+          ['-c', `ulimit -n ${options.ulimit} && exec "$0" "$@"`, process.execPath, ...argv],
+        ];
+  const proc = spawn(file, fileArgs, {
+    cwd: options.cwd,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, PORT: '', ...options.env },
+  });
   let out = '';
   let err = '';
+  let lines = 0;
   proc.stdout.setEncoding('utf8');
   proc.stderr.setEncoding('utf8');
   // Keep the tails only: an attack may make a demo log a lot.
   proc.stdout.on('data', (d: string) => {
+    for (let i = d.indexOf('\n'); i !== -1; i = d.indexOf('\n', i + 1)) lines++;
     out = (out + d).slice(-200_000);
   });
   proc.stderr.on('data', (d: string) => {
@@ -132,6 +143,7 @@ export async function startDemo(options: StartDemoOptions): Promise<Demo> {
     vars: () => getJson(byName.diagnostics!, '/debug/vars') as Promise<DebugVars>,
     stdout: () => out,
     stderr: () => err,
+    lines: () => lines,
     stop,
     exited,
   };

@@ -11,26 +11,38 @@
 
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { encodeClientHello, encodeFrame, TaskClient } from '../../src/index.js';
+import { encodeClientHello, encodeFrame } from '../../src/index.js';
 import { ensureBuilt } from '../lib/build.js';
 import { ROOT } from '../lib/child.js';
 import { describeMachine } from '../lib/report.js';
 import {
   type FloodResult,
   fuzzTaskPort,
-  type ProbeResult,
-  probe,
+  helloProbe,
   type SlowlorisResult,
   slowloris,
   startSlowloris,
+  sumProbe,
   type TaskFloodResult,
   taskFlood,
   writeFlood,
 } from './attacks.js';
 import { type Demo, RssSampler, startDemo } from './demo.js';
+import { EDGE_ATTACKS } from './edge-attacks.js';
+import {
+  type Attack,
+  type Build,
+  broken,
+  GROUPS,
+  MiB,
+  mb,
+  ms,
+  RSS_BOUND,
+  type Run,
+  serveModule,
+} from './suite.js';
 
 const usage = (names: string) => `usage: npm run abuse [-- options]
 
@@ -48,17 +60,6 @@ const { values } = parseArgs({
     help: { type: 'boolean', default: false },
   },
 });
-
-const MiB = 1_048_576;
-const mb = (bytes: number) => `${Math.round(bytes / 1e6)} MB`;
-const ms = (n: number) => `${n < 10 ? n.toFixed(1) : Math.round(n)} ms`;
-
-/** A berth build to attack: this checkout's, or one at a commit. */
-interface Build {
-  label: string;
-  cli: string;
-  cwd: string;
-}
 
 /** src/ and its build files at `ref`, compiled once into .bench-tmp/abuse-refs/<sha>/dist. */
 function buildAt(ref: string): Build {
@@ -91,35 +92,6 @@ function buildAt(ref: string): Build {
     );
   }
   return { label: `berth@${sha.slice(0, 7)}`, cli, cwd: dir };
-}
-
-/** One attack's figures against one build. */
-interface Run {
-  build: string;
-  rssBefore: number;
-  rssPeak: number;
-  rssAfter: number;
-  /** What the attacker met, in words. */
-  verdict: string;
-  /** The honest client's latencies, when one ran. */
-  honest?: ProbeResult;
-  /** Bytes the server still held (task stats) after the attacker left, when it reports them. */
-  heldAfter?: string;
-  /** Extra figures (exit code and time of a drain). */
-  extra?: string;
-}
-
-interface Attack {
-  name: string;
-  /** The RELIABILITY.md section it is reported under. */
-  group: 'memory' | 'slow' | 'fuzz';
-  title: string;
-  /** What is sent, for the report. */
-  sends: string;
-  /** Runs against a started demo; resolves with the verdict. */
-  run(demo: Demo, build: Build): Promise<Omit<Run, 'build' | 'rssBefore' | 'rssPeak' | 'rssAfter'>>;
-  /** Start something other than the demo (e.g. `berth serve` of a module). */
-  command?: (build: Build) => string[];
 }
 
 function describeTaskFlood(r: TaskFloodResult): string {
@@ -158,7 +130,7 @@ function describeFlood(r: FloodResult): string {
 
 /** 1,024 echo tasks of 4 MiB with initial window `window`, reading (or not) what comes. */
 async function bigTasks(demo: Demo, window: number, read: boolean) {
-  const honest = await sumProbe(demo);
+  const honest = await sumProbe(demo.ports.tasks!);
   const r = await taskFlood({
     port: demo.ports.tasks!,
     tasks: 1_024,
@@ -170,9 +142,17 @@ async function bigTasks(demo: Demo, window: number, read: boolean) {
   return { verdict: describeTaskFlood(r), honest: await honest.stop() };
 }
 
+/** The slow-client check: the server cut every connection, within twice the read timeout. */
+function allCut(r: SlowlorisResult): Record<string, boolean> {
+  return {
+    'every connection cut within 12 s (twice the 5 s read timeout, with its granularity)':
+      r.stillOpen === 0 && r.cut.length === r.opened && Math.max(...r.cut) <= 12_000,
+  };
+}
+
 /** 500 task connections, each sending `prefix` then a byte of `drip` a second, for 15 s. */
 async function slowTasks(demo: Demo, prefix: Buffer, drip: Buffer) {
-  const honest = await sumProbe(demo);
+  const honest = await sumProbe(demo.ports.tasks!);
   const r = await slowloris({
     port: demo.ports.tasks!,
     connections: 500,
@@ -182,36 +162,7 @@ async function slowTasks(demo: Demo, prefix: Buffer, drip: Buffer) {
     everyMs: 1_000,
     duration: 15_000,
   });
-  return { verdict: describeSlowloris(r, 15), honest: await honest.stop() };
-}
-
-async function sumProbe(demo: Demo): Promise<{ stop(): Promise<ProbeResult> }> {
-  const client = await TaskClient.connect({ port: demo.ports.tasks! });
-  const p = probe(() => client.call('sum', '1 2 3'));
-  return {
-    async stop() {
-      const r = await p.stop();
-      client.destroy();
-      return r;
-    },
-  };
-}
-
-function helloProbe(demo: Demo): { stop(): Promise<ProbeResult> } {
-  return probe(
-    () =>
-      new Promise<void>((resolve, reject) => {
-        const req = request(
-          { host: '127.0.0.1', port: demo.ports.http!, path: '/hello', agent: false },
-          (res) => {
-            res.resume();
-            res.on('end', resolve);
-          },
-        );
-        req.on('error', reject);
-        req.end();
-      }),
-  );
+  return { verdict: describeSlowloris(r, 15), honest: await honest.stop(), checks: allCut(r) };
 }
 
 async function heldAfter(demo: Demo): Promise<string | undefined> {
@@ -255,7 +206,7 @@ const ATTACKS: readonly Attack[] = [
     sends:
       '500 connections, each sending `GET /hello HTTP/1.1` and a header line every 500 ms, never the blank line; for 20 s; then the demo gets SIGTERM with them still trickling',
     async run(demo) {
-      const honest = helloProbe(demo);
+      const honest = helloProbe(demo.ports.http!);
       const attack = await startSlowloris({
         port: demo.ports.http!,
         connections: 500,
@@ -275,6 +226,7 @@ const ATTACKS: readonly Attack[] = [
         verdict: `500 opened; ${open} still open after 20 s (Node's headersTimeout is 60 s)`,
         honest: seen,
         extra: `SIGTERM with them trickling: exit ${code} in ${ms(took)}`,
+        checks: { 'SIGTERM exits 0 within the 5 s deadline': code === 0 && took < 5_000 },
       };
     },
   },
@@ -285,7 +237,7 @@ const ATTACKS: readonly Attack[] = [
     sends:
       '3,000 connections (16 at a time), each random bytes, or a good hello then 1 to 8 frames of random types, codes, ids and payloads, some with a bit flipped or a length near 2³²; seeded, so a run repeats',
     async run(demo) {
-      const honest = await sumProbe(demo);
+      const honest = await sumProbe(demo.ports.tasks!);
       const r = await fuzzTaskPort({ port: demo.ports.tasks!, attempts: 3_000, seed: 16 });
       const seen = await honest.stop();
       const alive = demo.proc.exitCode === null;
@@ -296,6 +248,7 @@ const ATTACKS: readonly Attack[] = [
       return {
         verdict: `${r.attempts} attempts: ${r.closed} ended by the server, ${r.waiting} left waiting for more bytes; ${tasks.protocolErrors} protocol errors and ${tasks.refused} refusals counted; the process ${alive ? 'stayed up' : 'DIED'}`,
         honest: seen,
+        checks: { 'the process stays up': alive },
       };
     },
   },
@@ -322,14 +275,18 @@ const ATTACKS: readonly Attack[] = [
     sends:
       '1 GiB in 1 MiB writes to the demo echo, reading nothing; stops when its writes stall for 3 s',
     async run(demo) {
-      const honest = await sumProbe(demo);
+      const honest = await sumProbe(demo.ports.tasks!);
       const r = await writeFlood({
         port: demo.ports.echo!,
         chunk: Buffer.alloc(MiB, 'e'),
         total: 1_024 * MiB,
         timeout: 30_000,
       });
-      return { verdict: describeFlood(r), honest: await honest.stop() };
+      return {
+        verdict: describeFlood(r),
+        honest: await honest.stop(),
+        checks: { 'the server stops reading, or cuts it': r.throttled || r.cut },
+      };
     },
   },
   {
@@ -338,7 +295,14 @@ const ATTACKS: readonly Attack[] = [
     title: 'TcpService: a handler that ignores backpressure (`berth serve`)',
     sends:
       'the same 1 GiB to `for await (const chunk of conn) conn.write(chunk)` served by `berth serve`, reading nothing',
-    command: (build) => ['serve', carelessModule(build)],
+    command: (build) => [
+      'serve',
+      serveModule(
+        build,
+        'careless',
+        'export default ({ host }) => [new berth.TcpService({ name: "careless", host, port: 0, handler: async (conn) => { for await (const chunk of conn) conn.write(chunk); } })];',
+      ),
+    ],
     async run(demo) {
       const r = await writeFlood({
         port: demo.ports.careless!,
@@ -348,7 +312,10 @@ const ATTACKS: readonly Attack[] = [
       });
       const stats = (await demo.vars()).services.careless as { overflows?: number } | undefined;
       const overflows = stats?.overflows === undefined ? '' : `; overflows: ${stats.overflows}`;
-      return { verdict: describeFlood(r) + overflows };
+      return {
+        verdict: describeFlood(r) + overflows,
+        checks: { 'the connection is cut at maxWriteBuffer': r.cut },
+      };
     },
   },
   {
@@ -358,7 +325,7 @@ const ATTACKS: readonly Attack[] = [
     sends:
       '`GET /hello` pipelined on one connection until the server stops reading, never reading a response; then the client resets and the demo gets SIGTERM',
     async run(demo) {
-      const honest = helloProbe(demo);
+      const honest = helloProbe(demo.ports.http!);
       const r = await writeFlood({
         port: demo.ports.http!,
         chunk: Buffer.from('GET /hello HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(2_000)),
@@ -375,31 +342,24 @@ const ATTACKS: readonly Attack[] = [
         verdict: describeFlood(r),
         honest: seen,
         extra: `after it left: ${http.busy} requests counted in flight; SIGTERM: exit ${code} in ${ms(performance.now() - t0)}`,
+        checks: {
+          'nothing counted in flight once it left': http.busy === 0,
+          'SIGTERM exits 0': code === 0,
+        },
       };
     },
   },
+  ...EDGE_ATTACKS,
 ];
-
-/** A `berth serve` module with the careless echo, importing the build under test. */
-function carelessModule(build: Build): string {
-  const dir = join(ROOT, '.bench-tmp', 'abuse');
-  mkdirSync(dir, { recursive: true });
-  const file = join(dir, `careless-${build.label.replace(/\W/g, '_')}.mjs`);
-  const index = join(build.cwd, 'dist', 'index.js');
-  writeFileSync(
-    file,
-    `import { TcpService } from ${JSON.stringify(index)};\n` +
-      'export default ({ host }) => [new TcpService({ name: "careless", host, port: 0, handler: async (conn) => { for await (const chunk of conn) conn.write(chunk); } })];\n',
-  );
-  return file;
-}
 
 async function runOne(attack: Attack, build: Build): Promise<Run> {
   const demo = await startDemo({
     cli: build.cli,
     cwd: build.cwd,
     command: attack.command?.(build) ?? ['demo'],
-    args: ['--host', '127.0.0.1'],
+    args: attack.start?.args ?? ['--host', '127.0.0.1'],
+    ...(attack.start?.env ? { env: attack.start.env } : {}),
+    ...(attack.start?.ulimit ? { ulimit: attack.start.ulimit } : {}),
   });
   try {
     await new Promise((resolve) => setTimeout(resolve, 1_000)); // settle after start
@@ -413,12 +373,20 @@ async function runOne(attack: Attack, build: Build): Promise<Run> {
       rssAfter = demo.rss();
       held = await heldAfter(demo).catch(() => undefined);
     }
+    const checks: Record<string, boolean> = {
+      ...result.checks,
+      [`RSS grows less than ${mb(RSS_BOUND)}`]: peak - rss.before < RSS_BOUND,
+    };
+    if (result.honest && !attack.honestMayFail) {
+      checks['the honest client never fails'] = result.honest.failures === 0;
+    }
     return {
       build: build.label,
       rssBefore: rss.before,
       rssPeak: peak,
       rssAfter,
       ...result,
+      checks,
       ...(held === undefined ? {} : { heldAfter: held }),
     };
   } finally {
@@ -432,15 +400,19 @@ function render(attack: Attack, runs: Run[]): string {
     '',
     `Sends: ${attack.sends}.`,
     '',
-    '| build | RSS before | peak | after | what the attacker met | honest client (p50 / p99 / max, failures) | held after (buffered + outbound) |',
-    '|---|---|---|---|---|---|---|',
+    `Holds when: ${Object.keys(runs[0]?.checks ?? {}).join('; ')}.`,
+    '',
+    `Re-run: \`npm run abuse -- --only ${attack.name}${values.base ? ` --base ${values.base}` : ''}\``,
+    '',
+    '| build | held? | RSS before | peak | after | what the attacker met | honest client (p50 / p99 / max, failures) | held after (buffered + outbound) |',
+    '|---|---|---|---|---|---|---|---|',
   ];
   for (const r of runs) {
     const honest = r.honest
       ? `${ms(r.honest.p50)} / ${ms(r.honest.p99)} / ${ms(r.honest.max)}, ${r.honest.failures} of ${r.honest.count + r.honest.failures}`
       : '—';
     lines.push(
-      `| ${r.build} | ${mb(r.rssBefore)} | ${mb(r.rssPeak)} (+${mb(r.rssPeak - r.rssBefore)}) | ${r.rssAfter === 0 ? 'exited' : mb(r.rssAfter)} | ${r.verdict}${r.extra ? `; ${r.extra}` : ''} | ${honest} | ${r.heldAfter ?? '—'} |`,
+      `| ${r.build} | ${broken(r).length === 0 ? '✅ held' : `❌ broke: ${broken(r).join('; ')}`} | ${mb(r.rssBefore)} | ${mb(r.rssPeak)} (+${mb(r.rssPeak - r.rssBefore)}) | ${r.rssAfter === 0 ? 'exited' : mb(r.rssAfter)} | ${r.verdict}${r.extra ? `; ${r.extra}` : ''} | ${honest} | ${r.heldAfter ?? '—'} |`,
     );
   }
   return lines.join('\n');
@@ -471,19 +443,30 @@ const builds: Build[] = [
 if (values.base) builds.push(buildAt(values.base));
 const t0 = performance.now();
 const sections: string[] = [];
-const grouped: Record<Attack['group'], string[]> = { memory: [], slow: [], fuzz: [] };
+const grouped = new Map<Attack['group'], string[]>();
 for (const attack of chosen) {
   const runs: Run[] = [];
   for (const build of builds) {
     console.log(`${attack.name} against ${build.label} ...`);
-    const run = await runOne(attack, build);
+    // An attack that cannot run against a build (an older one lacks an export) says so in its
+    // row rather than end the suite.
+    const run = await runOne(attack, build).catch(
+      (error: Error): Run => ({
+        build: build.label,
+        rssBefore: 0,
+        rssPeak: 0,
+        rssAfter: 0,
+        verdict: `could not run: ${error.message.split('\n', 1)[0]}`,
+        checks: { 'the attack runs': false },
+      }),
+    );
     console.log(
       `  rss ${mb(run.rssBefore)} -> ${mb(run.rssPeak)} -> ${mb(run.rssAfter)}; ${run.verdict}${run.extra ? `; ${run.extra}` : ''}`,
     );
     runs.push(run);
   }
   sections.push(render(attack, runs));
-  grouped[attack.group].push(render(attack, runs));
+  grouped.set(attack.group, [...(grouped.get(attack.group) ?? []), render(attack, runs)]);
 }
 const took = (performance.now() - t0) / 1e3;
 console.log(`\n${sections.join('\n\n')}\n\nabuse suite: ${took.toFixed(0)} s`);
@@ -500,23 +483,22 @@ so "held after" reads what the task server itself still holds from its stats). T
 client runs beside the attacker from the harness process: \`sum\` on another task connection, or
 \`GET /hello\` on another HTTP connection.
 
+Each section says what must hold and each row whether it did: the attack's own checks, then the
+suite's two, that the server's RSS grows less than ${mb(RSS_BOUND)} (every per-client bound the docs
+give is far below it: 16 MiB in and 16 MiB out for a task client, 16 MiB of \`maxWriteBuffer\`) and
+that the honest client never fails. A row for the commit before shows what the attack did then.
+
 Machine: ${machine.cores} cores, ${machine.cpu}, ${machine.memory}; Node ${machine.node}; ${machine.os}; load before ${machine.loadBefore}; ${machine.date}.
 
 The limits these figures rest on, and what a client sees at each, are in docs/task-server.md
 ("What one client can make the server hold"), docs/tcp-service.md ("Writing: backpressure, and
-its ceiling") and docs/errors.md.
+its ceiling"), docs/http-service.md ("What a client meets at each limit"), docs/diagnostics.md
+("Out of file descriptors") and docs/errors.md.
 
-## Memory and buffers
-
-${grouped.memory.join('\n\n')}
-
-## Slow clients
-
-${grouped.slow.join('\n\n')}
-
-## Fuzz
-
-${grouped.fuzz.join('\n\n')}
+${Object.entries(GROUPS)
+  .filter(([key]) => grouped.has(key as Attack['group']))
+  .map(([key, heading]) => `## ${heading}\n\n${grouped.get(key as Attack['group'])!.join('\n\n')}`)
+  .join('\n\n')}
 `;
   writeFileSync(join(ROOT, 'RELIABILITY.md'), doc);
   console.log('wrote RELIABILITY.md');
