@@ -10,7 +10,8 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { installExitHandlers, killAll, ROOT } from './lib/child.js';
+import { COMPILED, ensureCompiled } from './lib/build.js';
+import { installExitHandlers, killAll, ROOT, useCompiled } from './lib/child.js';
 import { describeMachine, renderSection, renderText, writeBenchmarks } from './lib/report.js';
 import type { Suite } from './lib/suite.js';
 import { channelSuite } from './suites/channel.js';
@@ -44,6 +45,8 @@ options:
   --write        write BENCHMARKS.md even in --quick mode
   --no-write     do not write BENCHMARKS.md
   --note TEXT    add TEXT as a note to every section written (e.g. "machine shared")
+  --tsx          run the fixtures and load generators through tsx, not compiled (development;
+                 does not write BENCHMARKS.md)
   --help`;
 
 const { values, positionals } = parseArgs({
@@ -56,6 +59,7 @@ const { values, positionals } = parseArgs({
     write: { type: 'boolean' },
     'no-write': { type: 'boolean', default: false },
     note: { type: 'string', multiple: true, default: [] },
+    tsx: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
@@ -81,7 +85,7 @@ if (only && values.write) {
   console.error('bench: --only runs part of a suite, which is never written to BENCHMARKS.md');
   process.exit(2);
 }
-const write = values['no-write'] || only ? false : (values.write ?? !values.quick);
+const write = values['no-write'] || only || values.tsx ? false : (values.write ?? !values.quick);
 // Quoted for a POSIX shell, so the command recorded in BENCHMARKS.md can be pasted back.
 const quote = (arg: string) =>
   /^[\w./:=@%+-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
@@ -101,6 +105,11 @@ let profileDir: string | undefined;
 if (values.profile) {
   profileDir = join(ROOT, '.bench-tmp', 'profiles');
   mkdirSync(profileDir, { recursive: true });
+}
+
+if (!values.tsx) {
+  await ensureCompiled((m) => console.log(`bench: ${m}`));
+  useCompiled(COMPILED);
 }
 
 const started = performance.now();
@@ -128,7 +137,15 @@ for (const suite of selected) {
     console.log(`  (${suite.name} took ${Math.round(seconds)} s)`);
     sections.set(
       suite.name,
-      renderSection({ suite, machine, command, seconds, report, notes: values.note }),
+      renderSection({
+        suite,
+        machine,
+        command,
+        seconds,
+        report,
+        notes: values.note,
+        compiled: !values.tsx,
+      }),
     );
   } catch (error) {
     failed = true;

@@ -30,3 +30,45 @@ export function ensureBuilt(log: (message: string) => void): Promise<void> {
   })();
   return built;
 }
+
+/** Where `ensureCompiled` puts the whole checkout (src, bench, ...) as JavaScript. */
+export const COMPILED = join(ROOT, '.bench-tmp', 'compiled');
+
+let compiled: Promise<void> | undefined;
+
+/**
+ * Compiles the checkout (tsconfig.json: src, bench, test, scripts) into `COMPILED` once, for the
+ * suites' fixtures and load generators to run as plain JavaScript (`useCompiled`). Imports keep
+ * their relative paths, so a fixture's `../../src/index.js` is the compiled source beside it,
+ * and packages resolve from the checkout's node_modules above.
+ */
+export function ensureCompiled(log: (message: string) => void): Promise<void> {
+  compiled ??= (async () => {
+    const t0 = performance.now();
+    const tsc = spawnNode(
+      'tsc (bench)',
+      [
+        join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'),
+        '-p',
+        'tsconfig.json',
+        '--outDir',
+        COMPILED,
+        '--declaration',
+        'false',
+        '--declarationMap',
+        'false',
+        '--sourceMap',
+        'false',
+      ],
+      { timeout: 180_000 },
+    );
+    const out: string[] = [];
+    tsc.onLine(/./, (line) => out.push(line));
+    const code = await tsc.exited;
+    if (code !== 0) throw new Error(`tsc into ${COMPILED} failed with ${code}\n${out.join('\n')}`);
+    log(
+      `compiled the fixtures into .bench-tmp/compiled/ in ${Math.round(performance.now() - t0)} ms`,
+    );
+  })();
+  return compiled;
+}

@@ -6,7 +6,7 @@
  */
 
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const BENCH_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -91,9 +91,24 @@ export interface Child {
 
 const SIGNAL_NUMBERS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
 
+/** Where `spawnScript` takes compiled JavaScript from, once `useCompiled` has set it. */
+let compiledRoot: string | undefined;
+
 /**
- * Runs a TypeScript script under `node --import tsx` (the same loader for every side of a
- * comparison) with `args`, stdin as a control channel and stdout read line by line.
+ * From now on `spawnScript` runs a script of this checkout as the JavaScript tsc compiled it to
+ * under `dir` (`bench/fixtures/x.ts` is `<dir>/bench/fixtures/x.js`), with plain `node`: no
+ * loader on any side. tsx wraps every named function it loads, which costs code made of small
+ * functions (berth's) more than a raw fixture's one big handler (bench/notes/channel.md).
+ */
+export function useCompiled(dir: string): void {
+  compiledRoot = dir;
+}
+
+/**
+ * Runs a script of this checkout with `args`, stdin as a control channel and stdout read line by
+ * line: its compiled JavaScript after `useCompiled`, else the TypeScript under
+ * `node --import tsx` (the variant tools, which point fixtures at other trees of source). Either
+ * way every side of a comparison runs the same way.
  */
 export function spawnScript(
   label: string,
@@ -101,6 +116,11 @@ export function spawnScript(
   args: string[],
   options: SpawnOptions,
 ): Child {
+  const inTree = !relative(ROOT, script).startsWith('..');
+  if (compiledRoot && inTree && script.endsWith('.ts')) {
+    const js = join(compiledRoot, relative(ROOT, script)).replace(/\.ts$/, '.js');
+    return spawnNode(label, [js, ...args], options);
+  }
   return spawnNode(label, ['--import', 'tsx', script, ...args], options);
 }
 

@@ -69,6 +69,8 @@ export interface SectionInput {
   status?: string;
   report?: SuiteReport;
   notes: string[];
+  /** The fixtures ran as compiled JavaScript (`useCompiled`), not through tsx. */
+  compiled?: boolean;
 }
 
 export function renderSection(input: SectionInput): string {
@@ -83,6 +85,7 @@ export function renderSection(input: SectionInput): string {
     `- Node ${machine.node}; load average before the run ${machine.loadBefore}`,
     `- Date ${machine.date}; took ${Math.round(input.seconds)} s`,
     `- Command: \`${input.command}\``,
+    ...(input.compiled ? ['- Fixtures and load: compiled JavaScript under plain node'] : []),
     '',
   );
   if (report) {
