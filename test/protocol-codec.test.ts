@@ -41,8 +41,9 @@ function decode(
   source: FrameSource,
   byteOrder: ByteOrder = 'le',
   max = MAX,
+  split: readonly number[] = [],
 ): Outcome {
-  const decoder = new FrameDecoder({ byteOrder, maxPayload: max, source });
+  const decoder = new FrameDecoder({ byteOrder, maxPayload: max, source, split });
   const out: Outcome = { frames: [], maxBuffered: 0 };
   const onFrame = (f: Frame) =>
     out.frames.push({
@@ -221,6 +222,27 @@ function structuredGarbage(byteOrder: ByteOrder) {
   return fc.array(piece, { maxLength: 12 }).map((pieces) => new Uint8Array(Buffer.concat(pieces)));
 }
 
+/**
+ * Frames as an append-only reader sees them: a frame of a `split` type with flags 0 followed by
+ * one of the same type and id is joined with it (pieces, or frames that carry one answer on).
+ */
+function appended(frames: Outcome['frames'], split: readonly number[]): Outcome['frames'] {
+  const out: Outcome['frames'] = [];
+  for (const f of frames) {
+    const last = out.at(-1);
+    if (
+      last &&
+      split.includes(f.type) &&
+      last.type === f.type &&
+      last.id === f.id &&
+      last.flags === 0
+    ) {
+      out[out.length - 1] = { ...f, payload: last.payload + f.payload };
+    } else out.push({ ...f });
+  }
+  return out;
+}
+
 // --- properties ---------------------------------------------------------------------------------
 
 test('property: valid frames survive encoding and any split, in both directions and byte orders', () => {
@@ -254,6 +276,18 @@ test('property: valid frames survive encoding and any split, in both directions 
         assert.deepEqual(whole.frames, expected(frames));
         assert.deepEqual(split, { ...whole, maxBuffered: split.maxBuffered });
         assert.ok(split.maxBuffered <= MAX + HEADER);
+        // Handed over in pieces (as the client takes OK frames): the same bytes, flags on the
+        // last piece, nothing held for them, and every other frame whole.
+        const types: readonly number[] =
+          source === 'server' ? [ServerFrame.OK] : [ClientFrame.DATA];
+        const pieces2 = decode(bytes, cutsA, source, byteOrder, MAX, types);
+        assert.equal(pieces2.error, undefined);
+        assert.deepEqual(appended(pieces2.frames, types), appended(whole.frames, types));
+        assert.deepEqual(
+          pieces2.frames.filter((f) => !types.includes(f.type)),
+          whole.frames.filter((f) => !types.includes(f.type)),
+        );
+        assert.ok(pieces2.maxBuffered <= HEADER + 300, `held ${pieces2.maxBuffered}`); // the largest whole frame here
       },
     ),
     { numRuns: 300 },

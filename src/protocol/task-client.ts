@@ -274,6 +274,9 @@ interface ResolvedOptions {
   address: string;
 }
 
+/** The frame types a client's decoder hands over in pieces. */
+const SPLIT_OK: readonly number[] = [ServerFrame.OK];
+
 /**
  * A task-protocol client: one connection, many calls at once. Make one with
  * `TaskClient.connect()`; see docs/task-client.md.
@@ -479,6 +482,9 @@ export class TaskClient {
       byteOrder: this.#byteOrder,
       maxPayload: options.maxFramePayload,
       source: 'server',
+      // OK payloads are only appended (to a stream, or to the chunks of a buffered answer):
+      // taking them in pieces saves joining each frame that spans two reads.
+      split: SPLIT_OK,
     });
     this.#outbox = new Outbox(socket, {
       byteOrder: this.#byteOrder,
