@@ -24,11 +24,14 @@ const CLI = join(ROOT, 'src', 'cli', 'main.ts');
 /** Ephemeral ports for every service, so tests never collide. */
 const EPHEMERAL = ['--port', '0', '--diag-port', '0'];
 
-function berth(t: TestContext, args: string[], env: NodeJS.ProcessEnv = {}): Child {
-  return spawnChild(t, process.execPath, ['--import', 'tsx', CLI, ...args], {
-    cwd: ROOT,
-    env: { ...process.env, PORT: '', ...env },
-  });
+/** `berth ...args` in a child; under `ulimit -n` of `fds` descriptors when given. */
+function berth(t: TestContext, args: string[], env: NodeJS.ProcessEnv = {}, fds?: number): Child {
+  const argv = ['--import', 'tsx', CLI, ...args];
+  const options = { cwd: ROOT, env: { ...process.env, PORT: '', ...env } };
+  if (fds === undefined) return spawnChild(t, process.execPath, argv, options);
+  // Through a shell for the limit; it execs node, so the pid stays node's.
+  const limited = ['-c', `ulimit -n ${fds} && exec "$0" "$@"`, process.execPath, ...argv];
+  return spawnChild(t, '/bin/sh', limited, options);
 }
 
 /** Waits for the `started` log line; returns each service's port by name. */
@@ -175,25 +178,7 @@ test('SIGTERM under load: 50 keep-alive clients lose no request, exit 0', async 
 test('out of file descriptors: the demo warns once, counts the episode, and serves again', async (t) => {
   // Allowed 100 descriptors, the demo is offered 200 connections at once and they are held: libuv
   // sheds what it cannot accept and tells nobody, so only the descriptor watch can see it.
-  const child = spawnChild(
-    t,
-    '/bin/sh',
-    [
-      '-c',
-      'ulimit -n 100 && exec "$0" "$@"',
-      process.execPath,
-      '--import',
-      'tsx',
-      CLI,
-      'demo',
-      ...EPHEMERAL,
-      '--tcp-port',
-      '0',
-      '--task-port',
-      '0',
-    ],
-    { cwd: ROOT, env: { ...process.env, PORT: '' } },
-  );
+  const child = berth(t, ['demo', ...EPHEMERAL, '--tcp-port', '0', '--task-port', '0'], {}, 100);
   const ports = await started(child);
   const flood = Array.from({ length: 200 }, () => {
     const s = netConnect({ port: ports.http!, host: '127.0.0.1' });

@@ -195,6 +195,15 @@ export interface FloodResult {
   reply?: string;
 }
 
+/** What a flood met, in words: cut, throttled, or all of it taken. */
+export function describeFlood(r: FloodResult): string {
+  if (r.cut) return `cut after ${Math.round(r.sent / 1e6)} MB in ${(r.elapsed / 1e3).toFixed(1)} s`;
+  if (r.throttled) {
+    return `throttled: the server stopped reading after ${Math.round(r.sent / 1e6)} MB`;
+  }
+  return `all ${Math.round(r.sent / 1e6)} MB taken in ${(r.elapsed / 1e3).toFixed(1)} s`;
+}
+
 export interface FloodOptions {
   port: number;
   host?: string;

@@ -13,7 +13,7 @@ import { networkInterfaces } from 'node:os';
 import { TaskClient } from '../../src/index.js';
 import { helloProbe, httpGet, writeFlood } from './attacks.js';
 import { getJson, startDemo } from './demo.js';
-import { type Attack, type Build, MiB, mb, ms, serveModule, sleep } from './suite.js';
+import { type Attack, type Build, MiB, mb, ms, serveModule, sleep, unreadFlood } from './suite.js';
 
 /** Opens `n` connections at once; each resolves with its socket, or undefined if refused. */
 function openMany(port: number, n: number): Promise<(Socket | undefined)[]> {
@@ -260,28 +260,12 @@ export const EDGE_ATTACKS: readonly Attack[] = [
     title: 'HTTP upgrade: 1 GiB into the demo’s `Upgrade: echo`, nothing read',
     sends:
       'an `Upgrade: echo` request, then 1 GiB in 1 MiB writes, reading nothing; stops when its writes stall for 3 s',
-    async run(demo) {
-      const honest = helloProbe(demo.ports.http!);
-      const r = await writeFlood({
-        port: demo.ports.http!,
-        prefix: Buffer.from(
-          'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n',
-        ),
-        chunk: Buffer.alloc(MiB, 'e'),
-        total: 1_024 * MiB,
-        timeout: 30_000,
-      });
-      const verdict = r.cut
-        ? `cut after ${mb(r.sent)}`
-        : r.throttled
-          ? `throttled: the server stopped reading after ${mb(r.sent)}`
-          : `all ${mb(r.sent)} taken in ${(r.elapsed / 1e3).toFixed(1)} s`;
-      return {
-        verdict,
-        honest: await honest.stop(),
-        checks: { 'the server stops reading, or cuts it': r.throttled || r.cut },
-      };
-    },
+    run: (demo) =>
+      unreadFlood(
+        demo.ports.http!,
+        helloProbe(demo.ports.http!),
+        Buffer.from('GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n'),
+      ),
   },
   {
     name: 'http-slow-uploads',

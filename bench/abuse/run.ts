@@ -18,7 +18,7 @@ import { ensureBuilt } from '../lib/build.js';
 import { ROOT } from '../lib/child.js';
 import { describeMachine } from '../lib/report.js';
 import {
-  type FloodResult,
+  describeFlood,
   fuzzTaskPort,
   helloProbe,
   type SlowlorisResult,
@@ -42,6 +42,7 @@ import {
   RSS_BOUND,
   type Run,
   serveModule,
+  unreadFlood,
 } from './suite.js';
 
 const usage = (names: string) => `usage: npm run abuse [-- options]
@@ -120,12 +121,6 @@ function describeSlowloris(r: SlowlorisResult, seconds: number): string {
   }
   if (r.stillOpen > 0) parts.push(`${r.stillOpen} still open when it stopped at ${seconds} s`);
   return parts.join('; ');
-}
-
-function describeFlood(r: FloodResult): string {
-  if (r.cut) return `cut after ${mb(r.sent)} in ${(r.elapsed / 1e3).toFixed(1)} s`;
-  if (r.throttled) return `throttled: the server stopped reading after ${mb(r.sent)}`;
-  return `all ${mb(r.sent)} taken in ${(r.elapsed / 1e3).toFixed(1)} s`;
 }
 
 /** 1,024 echo tasks of 4 MiB with initial window `window`, reading (or not) what comes. */
@@ -274,20 +269,7 @@ const ATTACKS: readonly Attack[] = [
     title: 'TCP echo: 1 GiB in, nothing read',
     sends:
       '1 GiB in 1 MiB writes to the demo echo, reading nothing; stops when its writes stall for 3 s',
-    async run(demo) {
-      const honest = await sumProbe(demo.ports.tasks!);
-      const r = await writeFlood({
-        port: demo.ports.echo!,
-        chunk: Buffer.alloc(MiB, 'e'),
-        total: 1_024 * MiB,
-        timeout: 30_000,
-      });
-      return {
-        verdict: describeFlood(r),
-        honest: await honest.stop(),
-        checks: { 'the server stops reading, or cuts it': r.throttled || r.cut },
-      };
-    },
+    run: async (demo) => unreadFlood(demo.ports.echo!, await sumProbe(demo.ports.tasks!)),
   },
   {
     name: 'careless-echo',

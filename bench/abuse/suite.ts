@@ -6,7 +6,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT } from '../lib/child.js';
-import type { ProbeResult } from './attacks.js';
+import { describeFlood, type ProbeResult, writeFlood } from './attacks.js';
 import type { Demo, StartDemoOptions } from './demo.js';
 
 export const MiB = 1_048_576;
@@ -74,6 +74,29 @@ export interface Attack {
   start?: Pick<StartDemoOptions, 'args' | 'env' | 'ulimit'>;
   /** The honest client is expected to fail meanwhile (the process is out of descriptors). */
   honestMayFail?: boolean;
+}
+
+/**
+ * 1 GiB in 1 MiB writes to `port` (after `prefix`), reading nothing, while `honest` runs: the
+ * server must stop reading from it, or cut it.
+ */
+export async function unreadFlood(
+  port: number,
+  honest: { stop(): Promise<ProbeResult> },
+  prefix?: Buffer,
+): Promise<Omit<Run, 'build' | 'rssBefore' | 'rssPeak' | 'rssAfter'>> {
+  const r = await writeFlood({
+    port,
+    ...(prefix ? { prefix } : {}),
+    chunk: Buffer.alloc(MiB, 'e'),
+    total: 1_024 * MiB,
+    timeout: 30_000,
+  });
+  return {
+    verdict: describeFlood(r),
+    honest: await honest.stop(),
+    checks: { 'the server stops reading, or cuts it': r.throttled || r.cut },
+  };
 }
 
 /**
