@@ -33,6 +33,7 @@ export {
   type HttpServiceOptions,
   type HttpStats,
   isHttpApp,
+  MAX_UNREAD_BODY,
   type NodeHttpServer,
   type RequestHandler,
   type StatusClasses,

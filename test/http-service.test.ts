@@ -429,6 +429,47 @@ test('HTTPS: long-idle TLS sockets are closed at once by the drain', async (t) =
   assert.equal(service.stats.open, 0);
 });
 
+test('a body its handler left unread: up to 256 KiB is discarded and the connection kept; past it the connection ends after the response', async (t) => {
+  const { port } = await startHttp(t, { handler: (_req, res) => res.end('ok') });
+  // 64 KiB unread, then a second request on the same connection: both answered.
+  const small = await connect(t, port);
+  let text = '';
+  small.on('data', (d: Buffer) => {
+    text += d.toString('latin1');
+  });
+  small.write(`POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\n`);
+  small.write(Buffer.alloc(65_536, 'b'));
+  small.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+  await waitFor(() => (text.match(/HTTP\/1\.1 200 OK/g) ?? []).length === 2, 'two answers');
+  assert.equal(small.destroyed, false);
+
+  // 100 MiB declared, sent as fast as the server takes it: the answer arrives whole, then the
+  // connection ends; the server stops reading, so the sender is held to the kernel's buffers.
+  const big = await connect(t, port);
+  let reply = '';
+  let ended = false;
+  big.on('data', (d: Buffer) => {
+    reply += d.toString('latin1');
+  });
+  big.on('end', () => {
+    ended = true;
+  });
+  big.on('error', () => {}); // the reset that follows the linger is expected
+  big.write(`POST / HTTP/1.1\r\nHost: x\r\nContent-Length: ${100 * 2 ** 20}\r\n\r\n`);
+  const chunk = Buffer.alloc(2 ** 20, 'c');
+  let sent = 0;
+  while (!big.destroyed && sent < 100 * 2 ** 20) {
+    sent += chunk.length;
+    if (!big.write(chunk)) {
+      await Promise.race([once(big, 'drain'), once(big, 'close'), sleep(2_000)]);
+      if (big.writableNeedDrain) break; // held: the server reads no more
+    }
+  }
+  await waitFor(() => ended, 'the connection to end after the answer');
+  assert.match(reply, /^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nok$/);
+  assert.ok(sent < 50 * 2 ** 20, `the server read on: ${sent / 2 ** 20} MiB taken`);
+});
+
 test('pipelined requests queued behind a response count as done when their socket dies: close() does not wait for them', async (t) => {
   const body = 'x'.repeat(4_096); // enough that the responses fill the socket's buffers
   const { service, port } = await startHttp(t, { handler: (_req, res) => res.end(body) });

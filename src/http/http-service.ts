@@ -303,6 +303,36 @@ const HTTP_METRICS: readonly StatMetric<HttpStats>[] = [
   },
 ];
 
+/**
+ * The most of a request body its handler left unread that is discarded to keep the connection
+ * for the next request, as Go's net/http does (256 KiB). Past it, or when the length is not
+ * declared, the connection closes after the response instead.
+ */
+export const MAX_UNREAD_BODY = 262_144;
+
+/** How long a connection closed on an unread body stays half-open before it is destroyed. */
+const LINGER_MS = 500;
+
+/**
+ * A response ended before its request's body was read whole. Node would read and throw away
+ * the rest to keep the connection, however large: a client could make the server read
+ * gigabytes. Up to `MAX_UNREAD_BODY` declared, Node does that; otherwise the connection ends
+ * after the response (FIN), stops reading, and is destroyed `LINGER_MS` later: the client has
+ * that long to read the response before unread input makes the close a reset, which could lose
+ * it (Go's rule and its 500 ms wait, `closeWriteAndWait`).
+ * Only HTTP/1; an HTTP/2 stream's unread body is the session's flow control's business.
+ */
+function leaveUnreadBody(req: IncomingMessage, socket: Socket): void {
+  // Node marks a body it has started to throw away (`_dumped`, since 0.x): a handler that still
+  // reads its body after answering (an upload acknowledged early) is left alone.
+  if ((req as IncomingMessage & { _dumped?: boolean })._dumped !== true) return;
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) <= MAX_UNREAD_BODY) return;
+  socket.end();
+  socket.pause(); // what is still coming waits in the kernel: nothing more is read
+  setTimeout(() => socket.destroy(), LINGER_MS).unref();
+}
+
 /** The status class of slot `n` (a status code divided by 100); slot 0 is never used. */
 const CLASSES = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx'] as const;
 
@@ -866,6 +896,7 @@ export class HttpService implements Service {
           this.#classes[cls]!++;
           this.#durations?.observe(cls, (ended - started) / 1e3);
         }
+        if (state && !req.complete) leaveUnreadBody(req as IncomingMessage, socket);
       } else {
         this.#aborted++;
       }
