@@ -246,11 +246,14 @@ export const EDGE_ATTACKS: readonly Attack[] = [
         ? `cut after ${mb(r.sent)} written`
         : r.throttled
           ? `throttled after ${mb(r.sent)}`
-          : `all ${mb(r.sent)} read by the server in ${(r.elapsed / 1e3).toFixed(1)} s`;
+          : `all ${mb(r.sent)} read by the server (to throw away) in ${(r.elapsed / 1e3).toFixed(1)} s`;
       return {
         verdict: `${statusLine(r.reply)}; ${taken}`,
         honest: await honest.stop(),
-        checks: { 'answered 200 or 413': /^HTTP\/1\.1 (200|413) /.test(r.reply ?? '') },
+        checks: {
+          'answered 200 or 413': /^HTTP\/1\.1 (200|413) /.test(r.reply ?? ''),
+          'the server stops taking the body (at most 32 MiB of the 100 MiB)': r.sent <= 32 * MiB,
+        },
       };
     },
   },
