@@ -42,6 +42,23 @@ async function answersAgain(port: number, bound = 10_000): Promise<number | unde
   return undefined;
 }
 
+/**
+ * One request too large for comfort: `head`, then `total` bytes in writes of `piece`, reading the
+ * answer, while an honest `GET /hello` runs beside it.
+ */
+async function oversized(port: number, head: string, piece: number, total: number) {
+  const probe = helloProbe(port);
+  const r = await writeFlood({
+    port,
+    prefix: Buffer.from(head),
+    chunk: Buffer.alloc(piece, 'a'),
+    total,
+    timeout: 30_000,
+    read: true,
+  });
+  return { r, honest: await probe.stop() };
+}
+
 /** The first line of an HTTP reply, or what the attacker saw instead. */
 const statusLine = (reply: string | undefined) =>
   reply ? `answered "${reply.split('\r\n', 1)[0]}"` : 'no answer';
@@ -207,19 +224,16 @@ export const EDGE_ATTACKS: readonly Attack[] = [
     sends:
       '`GET /hello` with one header whose value runs to 8 MiB, in 64 KiB writes, reading the answer',
     async run(demo) {
-      const honest = helloProbe(demo.ports.http!);
-      const r = await writeFlood({
-        port: demo.ports.http!,
-        prefix: Buffer.from('GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: '),
-        chunk: Buffer.alloc(64 * 1_024, 'a'),
-        total: 8 * MiB,
-        timeout: 15_000,
-        read: true,
-      });
+      const { r, honest } = await oversized(
+        demo.ports.http!,
+        'GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: ',
+        64 * 1_024,
+        8 * MiB,
+      );
       const taken = r.cut ? `cut after ${mb(r.sent)} written` : `all ${mb(r.sent)} taken`;
       return {
         verdict: `${statusLine(r.reply)}; ${taken}`,
-        honest: await honest.stop(),
+        honest,
         checks: { 'answered 431 and closed': /^HTTP\/1\.1 431 /.test(r.reply ?? '') && r.cut },
       };
     },
@@ -231,17 +245,12 @@ export const EDGE_ATTACKS: readonly Attack[] = [
     sends:
       '`POST /hello` with `Content-Length: 104857600` and the 100 MiB in 1 MiB writes, reading the answer',
     async run(demo) {
-      const honest = helloProbe(demo.ports.http!);
-      const r = await writeFlood({
-        port: demo.ports.http!,
-        prefix: Buffer.from(
-          `POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: ${100 * MiB}\r\n\r\n`,
-        ),
-        chunk: Buffer.alloc(MiB, 'b'),
-        total: 100 * MiB,
-        timeout: 30_000,
-        read: true,
-      });
+      const { r, honest } = await oversized(
+        demo.ports.http!,
+        `POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: ${100 * MiB}\r\n\r\n`,
+        MiB,
+        100 * MiB,
+      );
       const taken = r.cut
         ? `cut after ${mb(r.sent)} written`
         : r.throttled
@@ -249,7 +258,7 @@ export const EDGE_ATTACKS: readonly Attack[] = [
           : `all ${mb(r.sent)} read by the server (to throw away) in ${(r.elapsed / 1e3).toFixed(1)} s`;
       return {
         verdict: `${statusLine(r.reply)}; ${taken}`,
-        honest: await honest.stop(),
+        honest,
         checks: {
           'answered 200 or 413': /^HTTP\/1\.1 (200|413) /.test(r.reply ?? ''),
           'the server stops taking the body (at most 32 MiB of the 100 MiB)': r.sent <= 32 * MiB,

@@ -9,23 +9,29 @@ import { ROOT, spawnNode } from './child.js';
 
 export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
 
+/** Runs tsc with `args` (bounded at 3 minutes); rejects with its output when it fails. */
+async function tsc(label: string, args: string[]): Promise<void> {
+  const child = spawnNode(
+    label,
+    [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), ...args],
+    {
+      timeout: 180_000,
+    },
+  );
+  const out: string[] = [];
+  child.onLine(/./, (line) => out.push(line)); // tsc reports errors on stdout
+  const code = await child.exited;
+  if (code !== 0)
+    throw new Error(`${label} failed with ${code}\n${out.join('\n')}${child.stderr()}`);
+}
+
 let built: Promise<void> | undefined;
 
-/** Runs `tsc -p tsconfig.build.json` once (bounded at 3 minutes); later calls join the first. */
+/** Runs `tsc -p tsconfig.build.json` once; later calls join the first. */
 export function ensureBuilt(log: (message: string) => void): Promise<void> {
   built ??= (async () => {
     const t0 = performance.now();
-    const tsc = spawnNode(
-      'tsc',
-      [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'],
-      { timeout: 180_000 },
-    );
-    const out: string[] = [];
-    tsc.onLine(/./, (line) => out.push(line)); // tsc reports errors on stdout
-    const code = await tsc.exited;
-    if (code !== 0) {
-      throw new Error(`npm run build (tsc) failed with ${code}\n${out.join('\n')}${tsc.stderr()}`);
-    }
+    await tsc('npm run build (tsc)', ['-p', 'tsconfig.build.json']);
     log(`built dist/ in ${Math.round(performance.now() - t0)} ms`);
   })();
   return built;
@@ -45,27 +51,8 @@ let compiled: Promise<void> | undefined;
 export function ensureCompiled(log: (message: string) => void): Promise<void> {
   compiled ??= (async () => {
     const t0 = performance.now();
-    const tsc = spawnNode(
-      'tsc (bench)',
-      [
-        join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'),
-        '-p',
-        'tsconfig.json',
-        '--outDir',
-        COMPILED,
-        '--declaration',
-        'false',
-        '--declarationMap',
-        'false',
-        '--sourceMap',
-        'false',
-      ],
-      { timeout: 180_000 },
-    );
-    const out: string[] = [];
-    tsc.onLine(/./, (line) => out.push(line));
-    const code = await tsc.exited;
-    if (code !== 0) throw new Error(`tsc into ${COMPILED} failed with ${code}\n${out.join('\n')}`);
+    const off = ['--declaration', 'false', '--declarationMap', 'false', '--sourceMap', 'false'];
+    await tsc(`tsc into ${COMPILED}`, ['-p', 'tsconfig.json', '--outDir', COMPILED, ...off]);
     log(
       `compiled the fixtures into .bench-tmp/compiled/ in ${Math.round(performance.now() - t0)} ms`,
     );

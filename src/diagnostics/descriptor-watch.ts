@@ -64,6 +64,12 @@ export class DescriptorWatch {
     this.#interval = interval;
   }
 
+  /** What the metrics read at each scrape: no directory listing. */
+  get counts(): Pick<DescriptorStats, 'exhausted' | 'exhaustions'> {
+    return { exhausted: this.#exhaustedSince !== undefined, exhaustions: this.#exhaustions };
+  }
+
+  /** Everything, `open` counted from /proc/self/fd (O(descriptors): for /debug/vars). */
   get stats(): DescriptorStats {
     const exhausted = this.#exhaustedSince !== undefined;
     let open: number | undefined = exhausted ? this.#limit : undefined;
@@ -84,7 +90,7 @@ export class DescriptorWatch {
 
   start(): void {
     if (this.#timer) return;
-    this.#timer = setInterval(() => this.probe(), this.#interval);
+    this.#timer = setInterval(() => this.#probe(), this.#interval);
     this.#timer.unref();
   }
 
@@ -93,8 +99,7 @@ export class DescriptorWatch {
     this.#timer = undefined;
   }
 
-  /** One probe (the timer's; public so a test can take one now). */
-  probe(): void {
+  #probe(): void {
     let out = false;
     let first: number | undefined;
     try {

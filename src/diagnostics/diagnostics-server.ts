@@ -28,7 +28,7 @@ import {
   validateString,
 } from '../options.js';
 import type { CloseOptions, Service, ServiceState } from '../service.js';
-import { type DescriptorStats, DescriptorWatch } from './descriptor-watch.js';
+import { DescriptorWatch } from './descriptor-watch.js';
 
 /** What `/ready` reports: `ready` answers 200, anything else 503. */
 export type Readiness = 'starting' | 'ready' | 'draining' | 'stopped';
@@ -70,7 +70,7 @@ export const DIAGNOSTICS_DEFAULTS = Object.freeze({
   watchDescriptors: 1_000, // 1 s: two system calls a second
 });
 
-const DESCRIPTOR_METRICS: readonly StatMetric<DescriptorStats>[] = [
+const DESCRIPTOR_METRICS: readonly StatMetric<DescriptorWatch['counts']>[] = [
   {
     name: 'berth_descriptors_exhausted',
     help: '1 while the process has no file descriptor free (new connections are being dropped unseen)',
@@ -202,7 +202,7 @@ export class DiagnosticsServer implements Service {
     if (every !== false) {
       const watch = new DescriptorWatch(every);
       this.#descriptors = watch;
-      exportStats(this.#registry, this.name, () => watch.stats, DESCRIPTOR_METRICS);
+      exportStats(this.#registry, this.name, () => watch.counts, DESCRIPTOR_METRICS);
     }
     if (processMetrics && !withProcessMetrics.has(this.#registry)) {
       withProcessMetrics.add(this.#registry);
