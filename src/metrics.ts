@@ -115,11 +115,26 @@ export function exportStats<S>(
   stats: () => S,
   specs: readonly StatMetric<S>[],
 ): void {
+  // One snapshot per scrape, not one per metric: prom-client collects every metric in the same
+  // synchronous pass, and a task server's stats walk all of its connections.
+  let snapshot: S | undefined;
+  let taken = false;
+  const current = (): S => {
+    if (!taken) {
+      snapshot = stats();
+      taken = true;
+      queueMicrotask(() => {
+        taken = false;
+        snapshot = undefined;
+      });
+    }
+    return snapshot as S;
+  };
   for (const spec of specs) {
     const family = familyFor(registry, spec);
     const previous = family.sources.get(service);
     family.sources.set(service, {
-      read: () => spec.read(stats()),
+      read: () => spec.read(current()),
       // Keep what was exported, so a restarted service's counters continue rather than jump.
       last: previous?.last ?? new Map(),
     });

@@ -630,6 +630,32 @@ test('metrics: clients, tasks by code and outcome, durations, bytes, in the give
   assert.equal(server.stats.tasksTotal, 6);
 });
 
+test("a scrape takes one stats snapshot for all of the server's metrics, and the next scrape a fresh one", async (t) => {
+  const registry = new Registry();
+  const { server, port } = await startTaskServer(t, { registry, name: 'once' }, (s) => {
+    s.register(1, (m) => m, 'echo');
+  });
+  // stats walks every connection: count how often a scrape reads it.
+  const read = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(server), 'stats')!.get!;
+  let reads = 0;
+  Object.defineProperty(server, 'stats', {
+    get() {
+      reads++;
+      return read.call(server);
+    },
+  });
+  const client = await connectClient(t, port);
+  await client.call(1, 'a');
+  const first = await registry.metrics();
+  assert.equal(reads, 1, 'one snapshot for the whole scrape');
+  assert.match(first, /^berth_task_clients\{service="once"\} 1$/m);
+  await client.close();
+  await waitFor(() => read.call(server).clients === 0, 'the client gone');
+  const second = await registry.metrics();
+  assert.equal(reads, 2);
+  assert.match(second, /^berth_task_clients\{service="once"\} 0$/m, 'the next scrape is fresh');
+});
+
 test('a client connecting is published on berth:task:client, and its leaving on berth:task:disconnect', async (t) => {
   const events: string[] = [];
   type Message = { service: string; client: TaskConnection };
