@@ -100,6 +100,7 @@ export {
   type TaskChannelStats,
 } from './protocol/task-channel.js';
 export {
+  type CallCallback,
   type CallOptions,
   TASK_CLIENT_DEFAULTS,
   type TaskBody,

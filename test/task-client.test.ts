@@ -213,6 +213,59 @@ test("a connect signal destroys the client at any time, failing its calls with t
   await assert.rejects(within(client.closed, 5_000, 'the client to close'), /shutting the client/);
 });
 
+test('invoke: a callback per call, with the errors call rejects with, never before invoke returns', async (t) => {
+  const { port } = await startTaskServer(t, {}, (s) => {
+    s.register(1, (m) => m, 'echo');
+    s.register(2, () => {
+      throw new TaskError(7, 'no');
+    });
+  });
+  const client = await connectClient(t, port);
+  const outcome = (task: number | string, body?: string) =>
+    new Promise<{ error: Error | null; reply?: Buffer; sync: boolean }>((resolve) => {
+      let returned = false;
+      client.invoke(task, body, (error, reply) => resolve({ error, reply, sync: !returned }));
+      returned = true;
+    });
+  const ok = await outcome(1, 'hello');
+  assert.equal(ok.error, null);
+  assert.equal(ok.reply?.toString(), 'hello');
+  assert.equal((await outcome('echo', 'by name')).reply?.toString(), 'by name');
+  const failed = await outcome(2);
+  assert.ok(
+    failed.error instanceof TaskError && failed.error.errorCode === 7,
+    String(failed.error),
+  );
+  // 300 at once on one connection, all answered.
+  const many = await Promise.all(Array.from({ length: 300 }, (_, i) => outcome(1, `m${i}`)));
+  assert.deepEqual(
+    many.map((o) => o.reply?.toString()),
+    many.map((_, i) => `m${i}`),
+  );
+  // Refused at once (a bad code, a closed client): still called back after invoke returned.
+  const bad = await outcome(300);
+  assert.ok(bad.error instanceof InvalidOptionError);
+  assert.equal(bad.sync, false, 'a refusal is not called back inside invoke');
+  assert.throws(
+    () => client.invoke(1, 'x', undefined as never),
+    (err: unknown) =>
+      err instanceof InvalidOptionError && /done must be a function/.test(err.message),
+  );
+  await client.close();
+  const closed = await outcome(1, 'late');
+  assert.ok(closed.error instanceof ServiceClosedError);
+  assert.equal(closed.sync, false);
+});
+
+test('invoke: an error thrown by the callback is an uncaught exception, and the client goes on', async (t) => {
+  const { port } = await startTaskServer(t, {}, (s) => s.register(1, (m) => m));
+  const child = spawnFixture(t, 'task-invoke-throw', [String(port)]);
+  await child.line(/^reply second$/);
+  await child.line(/^uncaught thrown by the callback$/);
+  await child.line(/^reply after$/);
+  assert.equal(await exitWithin(child, 10_000), 0);
+});
+
 test('an idle client does not keep its process alive', async (t) => {
   const { port } = await startTaskServer(t, {}, (s) => s.register(1, (m) => m));
   const child = spawnFixture(t, 'task-idle-client', [String(port)]);

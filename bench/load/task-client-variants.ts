@@ -2,6 +2,7 @@
  * Client variants for finding what berth's task client spends per round trip (run by
  * bench/load/task-variants.ts, through bench/load/task-load.ts's `rt` command):
  *   berth-dist     `TaskClient` from a tsc build in .bench-tmp/dist, as a user runs it;
+ *   berth-invoke   the same, called with `invoke` (a callback per call) instead of `call`;
  *   codec          the task protocol at its floor: berth's `FrameEncoder`/`FrameDecoder` on a
  *                  `net` socket, N STARTs kept outstanding per connection, each answer's id sent
  *                  again at once, one write per read. No promise, no call object;
@@ -30,7 +31,14 @@ import {
 import { ClientFrame, FLAG_END, PROTOCOL_VERSION, ServerFrame } from '../../src/protocol/codes.js';
 import { DIST } from '../fixtures/task-common.js';
 import { ROOT } from '../lib/child.js';
-import { HOST, PAYLOAD, promiseLoops, type RtSession, within } from './task-drivers.js';
+import {
+  callbackLoops,
+  HOST,
+  PAYLOAD,
+  promiseLoops,
+  type RtSession,
+  within,
+} from './task-drivers.js';
 
 const ECHO = 1;
 
@@ -181,6 +189,18 @@ export async function openVariantRt(
       const clients = await many(() => api.TaskClient.connect({ host: HOST, port }));
       return promiseLoops(
         clients.map((c) => () => c.call(ECHO, PAYLOAD)),
+        inflight,
+        async () => {
+          await within(Promise.all(clients.map((c) => c.destroy())), 2_000, undefined);
+        },
+      );
+    }
+    case 'berth-invoke': {
+      // The same clients, called through `invoke` (a callback per call, no promise).
+      const api = (await import(pathToFileURL(DIST).href)) as typeof Berth;
+      const clients = await many(() => api.TaskClient.connect({ host: HOST, port }));
+      return callbackLoops(
+        clients.map((c) => (done) => c.invoke(ECHO, PAYLOAD, done)),
         inflight,
         async () => {
           await within(Promise.all(clients.map((c) => c.destroy())), 2_000, undefined);

@@ -93,6 +93,54 @@ export function promiseLoops(
   };
 }
 
+/**
+ * Callback-style load: `inflight` chains per connection, each call issued from the callback of
+ * the one before (berth's `invoke`). A failed call is counted and ends its chain.
+ */
+export function callbackLoops(
+  invokers: ((done: (error: Error | null) => void) => void)[],
+  inflight: number,
+  close: () => Promise<void>,
+): RtSession {
+  let running = false;
+  let outstanding = 0;
+  let drained: (() => void) | undefined;
+  return {
+    start(onOps, onError) {
+      running = true;
+      for (const invoke of invokers) {
+        const done = (error: Error | null) => {
+          if (error) {
+            outstanding--;
+            onError(error);
+          } else {
+            onOps(1);
+            if (running) return invoke(done);
+            outstanding--;
+          }
+          if (outstanding === 0) drained?.();
+        };
+        for (let i = 0; i < inflight; i++) {
+          outstanding++;
+          invoke(done);
+        }
+      }
+    },
+    async stop(bound) {
+      running = false;
+      if (outstanding === 0) return;
+      await within(
+        new Promise<void>((resolve) => {
+          drained = resolve;
+        }),
+        bound,
+        undefined,
+      );
+    },
+    close,
+  };
+}
+
 // --- berth ------------------------------------------------------------------------------------
 
 export async function berthClients(

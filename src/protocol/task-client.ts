@@ -34,6 +34,7 @@ import {
   validateString,
 } from '../options.js';
 import { noop } from '../util.js';
+import { CallTable } from './call-table.js';
 import {
   decodeTaskList,
   encodeClientHello,
@@ -103,6 +104,9 @@ export interface CallOptions {
   timeout?: number;
 }
 
+/** `invoke`'s callback: the error, or the whole response. */
+export type CallCallback = (error: Error | null, response?: Buffer) => void;
+
 export type { TaskInfo } from './codec.js';
 
 /** A snapshot of a client's counters. */
@@ -157,6 +161,18 @@ function toBuffer(value: Uint8Array | string): Buffer {
   throw new TypeError(`a message chunk must be a Uint8Array or a string, got ${typeof value}`);
 }
 
+/** Calls an `invoke` callback; what it throws surfaces on the next tick, not in the client. */
+function callBack(done: CallCallback, error: Error | undefined, value: Buffer | undefined): void {
+  try {
+    if (error) done(error);
+    else done(null, value);
+  } catch (err) {
+    process.nextTick(() => {
+      throw err;
+    });
+  }
+}
+
 const CALL_BUFFER = 0;
 const CALL_STREAM = 1;
 
@@ -189,6 +205,10 @@ class Call {
   out: OutStream | undefined;
   resolve: ((value: Buffer) => void) | undefined;
   reject: ((error: Error) => void) | undefined;
+  /** `invoke`'s callback, instead of `resolve`/`reject`. */
+  done: CallCallback | undefined;
+  /** Still inside `invoke`: an outcome known now is called back on the next tick. */
+  inline = false;
   readable: ResponseStream | undefined;
   timer: NodeJS.Timeout | undefined;
   signalListener: Disposable | undefined;
@@ -198,48 +218,6 @@ class Call {
     this.mode = mode;
     this.body = body;
     this.user = user;
-  }
-}
-
-/**
- * The active calls by id. The client picks small ids and takes a freed one again (the protocol
- * lets an id be reused once its final frame has arrived, and never before), so the table is a
- * plain array and a free list: no hashing and no table churn on the hot path.
- */
-class CallTable {
-  // Id 0 names no task (a FATAL about the connection carries it): ids start at 1.
-  #slots: (Call | undefined)[] = [undefined];
-  #free: number[] = [];
-  size = 0;
-
-  /** Stores `call` under a free id and returns the id. */
-  add(call: Call): number {
-    const id = this.#free.length > 0 ? this.#free.pop()! : this.#slots.length;
-    this.#slots[id] = call;
-    this.size++;
-    return id;
-  }
-
-  get(id: number): Call | undefined {
-    return id < this.#slots.length ? this.#slots[id] : undefined;
-  }
-
-  delete(id: number): void {
-    if (id < this.#slots.length && this.#slots[id] !== undefined) {
-      this.#slots[id] = undefined;
-      this.#free.push(id);
-      this.size--;
-    }
-  }
-
-  values(): Call[] {
-    return this.#slots.filter((c): c is Call => c !== undefined);
-  }
-
-  clear(): void {
-    this.#slots = [undefined];
-    this.#free = [];
-    this.size = 0;
   }
 }
 
@@ -288,7 +266,7 @@ export class TaskClient {
   #server: ServerHello | undefined;
   #decoder: FrameDecoder | undefined;
   #outbox: Outbox | undefined;
-  readonly #calls = new CallTable();
+  readonly #calls = new CallTable<Call>();
   readonly #queue: Call[] = [];
   #userCalls = 0;
   #callsTotal = 0;
@@ -575,6 +553,30 @@ export class TaskClient {
   }
 
   /**
+   * `call` with a callback instead of a promise, for callers that keep many calls going and
+   * would pay for a promise (and an `await`) per call: `done(null, response)` or `done(error)`,
+   * with the errors `call` rejects with, never before `invoke` returns. An error thrown by `done`
+   * is rethrown on the next tick (an uncaught exception), not into the client.
+   */
+  invoke(task: number | string, body: TaskBody, done: CallCallback, options?: CallOptions): void {
+    if (typeof done !== 'function') {
+      throw new InvalidOptionError('done', `done must be a function, got ${typeof done}`);
+    }
+    if (typeof task === 'string') {
+      this.#resolveName(task).then(
+        (code) => this.invoke(code, body, done, options),
+        (err: Error) => done(err),
+      );
+      return;
+    }
+    const call = new Call(task, CALL_BUFFER, body, true);
+    call.done = done;
+    call.inline = true;
+    this.#begin(call, options);
+    call.inline = false;
+  }
+
+  /**
    * Runs a task and streams its response: a `Readable` (also an async iterable) that ends when
    * the task succeeds and errors as `call` rejects. Reading slowly slows only this task: the
    * server sends no more than the client's window ahead of what was read. Destroying the stream
@@ -856,7 +858,10 @@ export class TaskClient {
     if (call.settled) return;
     call.settled = true;
     if (call.counted && --this.#userCalls === 0) this.#updateRef();
-    if (call.mode === CALL_BUFFER) {
+    if (call.done) {
+      if (call.inline) process.nextTick(callBack, call.done, error, value);
+      else callBack(call.done, error, value);
+    } else if (call.mode === CALL_BUFFER) {
       if (error) call.reject!(error);
       else call.resolve!(value!);
     } else if (error) {
