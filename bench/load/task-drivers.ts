@@ -2,6 +2,7 @@
  * The client side of each protocol the tasks suite compares, behind one interface, for
  * bench/load/task-load.ts. Each driver uses its library the way its documentation shows:
  *   berth  — `TaskClient.connect`, `client.call(1, payload)` (echo by code), `client.stream`;
+ *   invoke — the same clients, `client.invoke(1, payload, done)`: a callback per call;
  *   grpc   — one `@grpc/grpc-js` `Client` (channel) per connection, unary `makeUnaryRequest`;
  *            each channel has its own subchannel pool, or grpc-js would share one HTTP/2
  *            connection between them;
@@ -27,7 +28,8 @@ const BYTES = 3;
 /** undici opens at most this many connections; requests beyond them wait in its queue. */
 export const UNDICI_MAX_CONNECTIONS = 1_024;
 
-export type Impl = 'berth' | 'grpc' | 'undici' | 'raw';
+/** `invoke`: berth's client and server, calls made with `invoke` (a callback each), not `call`. */
+export type Impl = 'berth' | 'invoke' | 'grpc' | 'undici' | 'raw';
 
 /** Round trips on some connections, with a number of calls kept outstanding on each. */
 export interface RtSession {
@@ -289,6 +291,14 @@ export async function openRt(
       const clients = await berthClients(port, connections);
       return promiseLoops(
         clients.map((c) => () => c.call(ECHO, PAYLOAD)),
+        inflight,
+        () => destroyAll(clients),
+      );
+    }
+    case 'invoke': {
+      const clients = await berthClients(port, connections);
+      return callbackLoops(
+        clients.map((c) => (done) => c.invoke(ECHO, PAYLOAD, done)),
         inflight,
         () => destroyAll(clients),
       );

@@ -4,7 +4,8 @@
  * keep-alive POSTs to `node:http`, and raw length-prefixed TCP (the floor any framed protocol
  * pays). Four measurements:
  *   - round trips/s of a 64-byte echo at 1, 64 and 1,024 calls in flight per connection, on 1
- *     and on 8 connections, with server and client CPU per round trip;
+ *     and on 8 connections, with server and client CPU per round trip; berth twice, its calls
+ *     made with `call` (a promise each) and with `invoke` (a callback each);
  *   - one 256 MiB streamed response vs raw TCP throughput;
  *   - cancel latency, abort in the client to the run function's signal in the server, idle and
  *     under load (grpc-js's `call.cancel()` → `'cancelled'` alongside);
@@ -33,11 +34,12 @@ import { type Impl, UNDICI_MAX_CONNECTIONS, undiciConnections } from '../load/ta
 
 const IMPLS: Record<Impl, { label: string; fixture: string }> = {
   berth: { label: 'berth', fixture: 'task-berth.ts' },
+  invoke: { label: 'berth invoke', fixture: 'task-berth.ts' },
   grpc: { label: 'grpc-js', fixture: 'task-grpc.ts' },
   undici: { label: 'undici', fixture: 'task-http.ts' },
   raw: { label: 'raw TCP', fixture: 'task-raw.ts' },
 };
-const RT_IMPLS: readonly Impl[] = ['berth', 'grpc', 'undici', 'raw'];
+const RT_IMPLS: readonly Impl[] = ['berth', 'invoke', 'grpc', 'undici', 'raw'];
 const LOAD = join(BENCH_DIR, 'load', 'task-load.ts');
 const fixture = (impl: Impl) => join(BENCH_DIR, 'fixtures', IMPLS[impl].fixture);
 
@@ -58,7 +60,7 @@ const wname = (w: Workload) =>
   `${w.connections} conn${w.connections > 1 ? 's' : ''} × ${fmt(w.inflight)}`;
 
 /** The issue's targets, at 64 in flight. */
-const TARGETS: Record<Exclude<Impl, 'berth'>, number> = { grpc: 3, undici: 2, raw: 0.5 };
+const TARGETS: Record<Exclude<Impl, 'berth' | 'invoke'>, number> = { grpc: 3, undici: 2, raw: 0.5 };
 const BULK_BYTES = 256 * 2 ** 20;
 const BULK_TARGET = 0.8;
 const CANCEL_P99_TARGET = 5; // ms
@@ -228,7 +230,8 @@ export const tasksSuite: Suite = {
 
       // --- round trips ------------------------------------------------------------------
       const rt = new Map<string, Record<Impl, RtTrial[]>>();
-      for (const w of WORKLOADS) rt.set(wname(w), { berth: [], grpc: [], undici: [], raw: [] });
+      for (const w of WORKLOADS)
+        rt.set(wname(w), { berth: [], invoke: [], grpc: [], undici: [], raw: [] });
       for (let round = 0; round < rounds; round++) {
         for (const [wi, w] of WORKLOADS.entries()) {
           // More warm-up where undici has to open hundreds of sockets first.
@@ -355,6 +358,7 @@ export const tasksSuite: Suite = {
           ...RT_IMPLS.map((impl) => fmt(median(rate(impl)))),
           fmt(undiciConnections(w.connections * w.inflight)),
           ...(['grpc', 'undici', 'raw'] as const).map((impl) => fmt(ratio(impl), 2)),
+          fmt(pairedRatio(rate('invoke'), rate('raw')), 2),
         ]);
         cpuRows.push([
           wname(w),
@@ -375,6 +379,14 @@ export const tasksSuite: Suite = {
               ratioVerdict(ratios, TARGETS[impl]),
             ]);
           }
+          const invoked = t.invoke.map((b, i) => b.opsPerSec / t.raw[i]!.opsPerSec);
+          targetRows.push([
+            `${wname(w)}: berth invoke / raw TCP`,
+            fmt(median(invoked), 2),
+            fmtRange(invoked, 2),
+            `≥ ${TARGETS.raw}`,
+            ratioVerdict(invoked, TARGETS.raw),
+          ]);
         }
         const errors = RT_IMPLS.reduce(
           (n, impl) => n + t[impl].reduce((m, x) => m + x.errors, 0),
@@ -461,6 +473,7 @@ export const tasksSuite: Suite = {
           columns: [
             'connections × in flight',
             'berth',
+            'berth invoke',
             'grpc-js',
             'undici',
             'raw TCP',
@@ -468,6 +481,7 @@ export const tasksSuite: Suite = {
             'berth / grpc-js',
             'berth / undici',
             'berth / raw',
+            'berth invoke / raw',
           ],
           rows: rtRows,
         },
@@ -482,10 +496,11 @@ export const tasksSuite: Suite = {
           columns: [
             'connections × in flight',
             'berth',
+            'berth invoke',
             'grpc-js',
             'undici',
             'raw TCP',
-            'server busy % (berth / grpc / undici / raw)',
+            'server busy % (berth / invoke / grpc / undici / raw)',
           ],
           rows: cpuRows,
         },

@@ -18,7 +18,7 @@ import {
 } from '../errors.js';
 import { formatAddress } from '../listen.js';
 import type { ActivitySink } from '../service.js';
-import { isPromiseLike, noop } from '../util.js';
+import { isPromiseLike, noop, turnNow } from '../util.js';
 import {
   ClientHelloDecoder,
   encodeRefusal,
@@ -1248,7 +1248,8 @@ export class TaskConnection {
     core.counters.count(task.code, outcome);
     if (outcome !== Outcome.REJECTED) core.observe(task.code, task.startedAt);
     if (this.#tasks.size === 0) {
-      this.#idleSince = performance.now();
+      // A turn's clock: a connection whose tasks answer at once empties its table per task.
+      this.#idleSince = turnNow();
       if (this.#state === GOODBYE) this.#maybeEnd();
     }
   }
