@@ -118,17 +118,14 @@ export function exportStats<S>(
   // One snapshot per scrape, not one per metric: prom-client collects every metric in the same
   // synchronous pass, and a task server's stats walk all of its connections.
   let snapshot: S | undefined;
-  let taken = false;
   const current = (): S => {
-    if (!taken) {
+    if (snapshot === undefined) {
       snapshot = stats();
-      taken = true;
       queueMicrotask(() => {
-        taken = false;
         snapshot = undefined;
       });
     }
-    return snapshot as S;
+    return snapshot;
   };
   for (const spec of specs) {
     const family = familyFor(registry, spec);

@@ -1,7 +1,7 @@
 /**
- * TaskClient's active calls by id. The client picks small ids and takes a freed one again (the protocol
- * lets an id be reused once its final frame has arrived, and never before), so the table is a
- * plain array and a free list: no hashing and no table churn on the hot path.
+ * TaskClient's active calls by id. The client picks small ids and takes a freed one again (the
+ * protocol lets an id be reused once its final frame has arrived, and never before), so the
+ * table is a plain array and a free list: no hashing and no table churn on the hot path.
  */
 export class CallTable<C> {
   // Id 0 names no task (a FATAL about the connection carries it): ids start at 1.

@@ -565,7 +565,7 @@ export class TaskClient {
     if (typeof task === 'string') {
       this.#resolveName(task).then(
         (code) => this.invoke(code, body, done, options),
-        (err: Error) => done(err),
+        (err: Error) => callBack(done, err, undefined),
       );
       return;
     }
